@@ -1,0 +1,335 @@
+//! The stable log the engine reads from: the [`Storage`] trait, and [`MemStorage`], an
+//! in-memory implementation for tests, simulations and benchmarks.
+//!
+//! The engine only *reads* storage. The caller writes to it: it appends the entries of a
+//! [`Ready`](crate::Ready) once they are durable (or, for a storage such as the WAL that
+//! keeps its own in-memory tail, when it submits them), installs snapshots, and compacts.
+//! Entries the engine has handed out but that are not yet reported durable stay readable
+//! from the engine's own unstable buffer, so storage may lag behind it.
+
+use std::collections::VecDeque;
+
+use crate::types::{ConfState, Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+
+/// Why storage could not answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    /// The requested index is at or below the last compaction point.
+    Compacted,
+    /// The requested index is beyond the last index.
+    Unavailable,
+    /// A snapshot is being prepared; ask again later (the engine retries on the next
+    /// heartbeat response).
+    SnapshotTemporarilyUnavailable,
+    /// The storage failed (an I/O error, a checksum mismatch). The engine treats this as
+    /// fatal for the operation that needed it.
+    Failed(String),
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Compacted => f.write_str("requested index is compacted"),
+            StorageError::Unavailable => f.write_str("requested index is beyond the last index"),
+            StorageError::SnapshotTemporarilyUnavailable => {
+                f.write_str("snapshot temporarily unavailable")
+            }
+            StorageError::Failed(why) => write!(f, "storage failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// What storage recovered at start-up.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RaftState {
+    pub hard_state: HardState,
+    /// Membership as of the latest snapshot (entries after it are re-applied by the
+    /// caller, which calls `apply_conf_change` for each conf change among them).
+    pub conf_state: ConfState,
+    /// Election timeout recorded in the latest snapshot (0: none).
+    pub election_timeout_ticks: u32,
+}
+
+/// Read access to the durable log.
+///
+/// Valid positions are `first_index() - 1 ..= last_index()`: the entry just below
+/// `first_index()` is the snapshot's, whose term must still be answerable.
+pub trait Storage {
+    /// Hard state and membership recovered from disk.
+    fn initial_state(&self) -> Result<RaftState, StorageError>;
+
+    /// Appends entries `[lo, hi)` to `out`, stopping before the entry that would take the
+    /// total over `max_bytes` (by [`Entry::size_bytes`]) — but always at least one entry.
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError>;
+
+    /// Term of the entry at `index`.
+    fn term(&self, index: Index) -> Result<Term, StorageError>;
+
+    /// Index of the first entry still present (the snapshot index + 1).
+    fn first_index(&self) -> Index;
+
+    /// Index of the last entry (the snapshot index when the log after it is empty).
+    fn last_index(&self) -> Index;
+
+    /// The latest snapshot, for sending to `to`, which needs at least `request_index`.
+    fn snapshot(&self, request_index: Index, to: NodeId) -> Result<Snapshot, StorageError>;
+}
+
+/// An in-memory [`Storage`]: the whole log in a deque after an optional snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct MemStorage {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    /// `entries[i].index == snapshot.meta.index + 1 + i`.
+    entries: VecDeque<Entry>,
+}
+
+impl MemStorage {
+    /// An empty log with no members (a node that joins an existing cluster).
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// An empty log whose membership is `conf_state` (as if restored from a snapshot at
+    /// index 0). Used by tests that start several members directly.
+    pub fn with_conf_state(conf_state: ConfState) -> MemStorage {
+        let mut s = MemStorage::default();
+        s.snapshot.meta.conf_state = conf_state;
+        s
+    }
+
+    /// The recorded hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// Records `hs` as durable.
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    /// Records the commit index (a part of hard state that may lag).
+    pub fn set_commit(&mut self, commit: Index) {
+        self.hard_state.commit = commit;
+    }
+
+    /// Metadata of the current snapshot.
+    pub fn snapshot_meta(&self) -> &SnapshotMeta {
+        &self.snapshot.meta
+    }
+
+    /// Appends entries, replacing any existing suffix they conflict with (a follower's
+    /// log overwritten by a new leader, Raft §5.3).
+    ///
+    /// # Panics
+    /// If the entries are not contiguous, or leave a gap after the current last index,
+    /// or start at or below the snapshot: the caller violated the Ready contract.
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        assert!(
+            ents.windows(2).all(|w| w[1].index == w[0].index + 1),
+            "MemStorage::append: entries are not contiguous"
+        );
+        let offset = self.snapshot.meta.index + 1;
+        assert!(
+            first.index >= offset,
+            "MemStorage::append: entry {} is at or below the snapshot",
+            first.index
+        );
+        let keep = (first.index - offset) as usize;
+        assert!(
+            keep <= self.entries.len(),
+            "MemStorage::append: gap between last index {} and {}",
+            self.last_index(),
+            first.index
+        );
+        self.entries.truncate(keep);
+        self.entries.extend(ents.iter().cloned());
+    }
+
+    /// Discards entries up to and including `index` (which must have been applied and
+    /// covered by a snapshot or be below the commit index), keeping its term as the new
+    /// compaction point.
+    ///
+    /// # Panics
+    /// If `index` is beyond the last index.
+    pub fn compact(&mut self, index: Index) {
+        if index <= self.snapshot.meta.index {
+            return;
+        }
+        assert!(
+            index <= self.last_index(),
+            "MemStorage::compact: {index} is beyond the last index"
+        );
+        let term = self.term(index).expect("term of an index inside the log");
+        let drop = (index - self.snapshot.meta.index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot.meta.index = index;
+        self.snapshot.meta.term = term;
+    }
+
+    /// Records a snapshot of the state machine at `index` (which must be in the log) and
+    /// compacts the log up to it.
+    pub fn create_snapshot(
+        &mut self,
+        index: Index,
+        conf_state: ConfState,
+        election_timeout_ticks: u32,
+        data: bytes::Bytes,
+    ) {
+        if index <= self.snapshot.meta.index {
+            return;
+        }
+        let term = self.term(index).expect("snapshot index inside the log");
+        self.compact(index);
+        self.snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                conf_state,
+                election_timeout_ticks,
+            },
+            data,
+        };
+    }
+
+    /// Installs a snapshot received from the leader, discarding the whole log.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        if snapshot.meta.index <= self.snapshot.meta.index {
+            return;
+        }
+        self.hard_state.commit = self.hard_state.commit.max(snapshot.meta.index);
+        self.entries.clear();
+        self.snapshot = snapshot;
+    }
+
+    /// All entries after the snapshot (tests).
+    pub fn all_entries(&self) -> Vec<Entry> {
+        self.entries.iter().cloned().collect()
+    }
+}
+
+impl Storage for MemStorage {
+    fn initial_state(&self) -> Result<RaftState, StorageError> {
+        Ok(RaftState {
+            hard_state: self.hard_state,
+            conf_state: self.snapshot.meta.conf_state.clone(),
+            election_timeout_ticks: self.snapshot.meta.election_timeout_ticks,
+        })
+    }
+
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        let offset = self.snapshot.meta.index + 1;
+        if lo < offset {
+            return Err(StorageError::Compacted);
+        }
+        if hi > self.last_index() + 1 || lo > hi {
+            return Err(StorageError::Unavailable);
+        }
+        let mut total = 0u64;
+        let start = (lo - offset) as usize;
+        for e in self.entries.range(start..(hi - offset) as usize) {
+            total += e.size_bytes();
+            if total > max_bytes && e.index != lo {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(())
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let snap = self.snapshot.meta.index;
+        if index == snap {
+            return Ok(self.snapshot.meta.term);
+        }
+        if index < snap {
+            return Err(StorageError::Compacted);
+        }
+        self.entries
+            .get((index - snap - 1) as usize)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable)
+    }
+
+    fn first_index(&self) -> Index {
+        self.snapshot.meta.index + 1
+    }
+
+    fn last_index(&self) -> Index {
+        self.snapshot.meta.index + self.entries.len() as u64
+    }
+
+    fn snapshot(&self, _request_index: Index, _to: NodeId) -> Result<Snapshot, StorageError> {
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ent(index: Index, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: Default::default(),
+            data: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn append_overwrites_conflicting_suffix() {
+        let mut s = MemStorage::new();
+        s.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+        s.append(&[ent(2, 2)]);
+        assert_eq!(s.last_index(), 2);
+        assert_eq!(s.term(2), Ok(2));
+        assert_eq!(s.term(3), Err(StorageError::Unavailable));
+    }
+
+    #[test]
+    fn compact_keeps_term_of_compaction_point() {
+        let mut s = MemStorage::new();
+        s.append(&[ent(1, 1), ent(2, 2), ent(3, 3)]);
+        s.compact(2);
+        assert_eq!(s.first_index(), 3);
+        assert_eq!(s.term(2), Ok(2));
+        assert_eq!(s.term(1), Err(StorageError::Compacted));
+        let mut out = Vec::new();
+        assert_eq!(
+            s.entries(2, 4, u64::MAX, &mut out),
+            Err(StorageError::Compacted)
+        );
+        s.entries(3, 4, u64::MAX, &mut out).unwrap();
+        assert_eq!(out, vec![ent(3, 3)]);
+    }
+
+    #[test]
+    fn entries_respects_byte_limit_but_returns_at_least_one() {
+        let mut s = MemStorage::new();
+        s.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+        let mut out = Vec::new();
+        s.entries(1, 4, 0, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        out.clear();
+        s.entries(1, 4, 2 * crate::types::ENTRY_OVERHEAD_BYTES, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 2);
+    }
+}

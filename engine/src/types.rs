@@ -1,0 +1,431 @@
+//! The values the engine exchanges with its caller: log entries, hard state, cluster
+//! configuration, snapshots and Raft messages.
+//!
+//! These types are plain data. The engine never serialises them for a disk or a socket;
+//! the WAL (`skiff-wal`) and the transport (`skiff-net`) own those encodings. The one
+//! encoding defined here is the payload of configuration entries ([`ConfChange`] and the
+//! election-timeout setting), because every member must decode those identically when
+//! it applies them.
+
+use bytes::Bytes;
+
+/// A member's identity within one Raft group. `0` is never a valid id (it means "none").
+pub type NodeId = u64;
+/// A Raft term. Terms start at 1; `0` means "before any election".
+pub type Term = u64;
+/// A log position. The first real entry has index 1; `0` means "empty log".
+pub type Index = u64;
+
+/// "No node": the value of `vote` and `leader` when there is none.
+pub const NO_NODE: NodeId = 0;
+
+/// Per-entry bookkeeping counted against byte limits in addition to the payload:
+/// term (8), index (8), kind (1) and a length prefix, rounded up. Keeps a flood of empty
+/// entries from evading `max_size_per_msg` and the uncommitted-bytes bound.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+/// What an entry carries. The numeric values are part of the WAL and wire formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// Application data (a client command), or empty: the no-op a new leader appends.
+    #[default]
+    Normal = 0,
+    /// A membership change, encoded by [`ConfChange::encode`].
+    ConfChange = 1,
+    /// A cluster-wide election timeout (little-endian `u32` ticks), adopted by every
+    /// member when the entry is applied (OVS `change-election-timer`).
+    ElectionTimeout = 2,
+}
+
+impl EntryKind {
+    /// Decodes the on-disk / on-wire value.
+    pub fn from_u8(v: u8) -> Option<EntryKind> {
+        match v {
+            0 => Some(EntryKind::Normal),
+            1 => Some(EntryKind::ConfChange),
+            2 => Some(EntryKind::ElectionTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// One log entry. `data` is reference-counted: cloning an entry (into the log, a WAL
+/// batch, an append message) never copies the payload.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Entry {
+    pub term: Term,
+    pub index: Index,
+    pub kind: EntryKind,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// A normal entry with no position yet (the leader assigns term and index).
+    pub fn new(data: Bytes) -> Entry {
+        Entry {
+            term: 0,
+            index: 0,
+            kind: EntryKind::Normal,
+            data,
+        }
+    }
+
+    /// Bytes this entry counts against message and uncommitted-log limits.
+    #[inline]
+    pub fn size_bytes(&self) -> u64 {
+        self.data.len() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// State that must be durable before the messages that depend on it are sent
+/// (Raft §5.1 / Figure 2 "persistent state on all servers"; `commit` is an optimisation
+/// that may be stale after a crash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: NodeId,
+    pub commit: Index,
+}
+
+impl HardState {
+    /// True when nothing has been recorded yet.
+    pub fn is_empty(&self) -> bool {
+        *self == HardState::default()
+    }
+}
+
+/// Cluster membership as of some log position.
+///
+/// Invariant: `voters` and `learners` are sorted, free of duplicates and disjoint.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Hash)]
+pub struct ConfState {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl ConfState {
+    /// A configuration of the given voters, no learners.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> ConfState {
+        let mut voters: Vec<NodeId> = voters.into_iter().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        ConfState {
+            voters,
+            learners: Vec::new(),
+        }
+    }
+
+    /// True when `id` is a voter or learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok() || self.learners.binary_search(&id).is_ok()
+    }
+
+    /// True when the invariant above holds and no id is `0`.
+    pub fn is_well_formed(&self) -> bool {
+        let sorted = |v: &[NodeId]| v.windows(2).all(|w| w[0] < w[1]);
+        sorted(&self.voters)
+            && sorted(&self.learners)
+            && !self.voters.contains(&NO_NODE)
+            && !self.learners.contains(&NO_NODE)
+            && self
+                .voters
+                .iter()
+                .all(|v| self.learners.binary_search(v).is_err())
+    }
+}
+
+/// What a snapshot stands for: the log up to and including `index`, taken at `term`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub conf_state: ConfState,
+    /// The cluster-wide election timeout in force at `index` (0: none was ever set
+    /// through the log; the local configuration applies).
+    pub election_timeout_ticks: u32,
+}
+
+/// A snapshot of the state machine. `data` is opaque to the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+impl Snapshot {
+    /// True for the "no snapshot" value.
+    pub fn is_empty(&self) -> bool {
+        self.meta.index == 0
+    }
+}
+
+/// A single-server membership change (Raft dissertation §4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfChange {
+    /// Add a voter, or promote a learner to voter.
+    AddVoter(NodeId),
+    /// Add a non-voting member that receives the log.
+    AddLearner(NodeId),
+    /// Remove a voter or learner.
+    RemoveNode(NodeId),
+}
+
+impl ConfChange {
+    /// Encoded length of a conf change payload.
+    pub const ENCODED_BYTES: usize = 9;
+
+    /// The node the change is about.
+    pub fn node_id(&self) -> NodeId {
+        match *self {
+            ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::RemoveNode(id) => {
+                id
+            }
+        }
+    }
+
+    /// Payload of a [`EntryKind::ConfChange`] entry:
+    ///
+    /// ```text
+    /// byte 0      change type: 1 add voter, 2 add learner, 3 remove node
+    /// bytes 1..9  node id, u64 little-endian
+    /// ```
+    pub fn encode(&self) -> Bytes {
+        let (tag, id) = match *self {
+            ConfChange::AddVoter(id) => (1u8, id),
+            ConfChange::AddLearner(id) => (2u8, id),
+            ConfChange::RemoveNode(id) => (3u8, id),
+        };
+        let mut buf = [0u8; Self::ENCODED_BYTES];
+        buf[0] = tag;
+        buf[1..].copy_from_slice(&id.to_le_bytes());
+        Bytes::copy_from_slice(&buf)
+    }
+
+    /// Decodes a conf change payload; `None` when it is malformed.
+    pub fn decode(data: &[u8]) -> Option<ConfChange> {
+        if data.len() != Self::ENCODED_BYTES {
+            return None;
+        }
+        let id = u64::from_le_bytes(data[1..9].try_into().ok()?);
+        if id == NO_NODE {
+            return None;
+        }
+        match data[0] {
+            1 => Some(ConfChange::AddVoter(id)),
+            2 => Some(ConfChange::AddLearner(id)),
+            3 => Some(ConfChange::RemoveNode(id)),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes the payload of an [`EntryKind::ElectionTimeout`] entry.
+pub fn encode_election_timeout(ticks: u32) -> Bytes {
+    Bytes::copy_from_slice(&ticks.to_le_bytes())
+}
+
+/// Decodes the payload of an [`EntryKind::ElectionTimeout`] entry.
+pub fn decode_election_timeout(data: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(data.try_into().ok()?))
+}
+
+/// A Raft message between members of one group.
+///
+/// `term` is the sender's current term, except for messages that carry no term
+/// ([`MessageBody::Propose`], [`MessageBody::ReadIndex`], [`MessageBody::TransferLeader`]
+/// use `0`: they are requests relayed to the leader, valid in any term) and pre-vote
+/// traffic, which carries the term the sender *would* campaign in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+/// Request and response kinds (Raft Figure 2, plus the dissertation's extensions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// AppendEntries (Raft §5.3): entries following (`prev_index`, `prev_term`).
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        commit: Index,
+        entries: Vec<Entry>,
+    },
+    /// Answer to `Append`. On success `index` is the last index known to match the
+    /// leader's log. On rejection `index` is the rejected `prev_index` and
+    /// (`hint_index`, `hint_term`) is the follower's guess of where the logs may agree:
+    /// the last index at or below `hint_index` whose term is at most `hint_term`
+    /// (fast backtracking, as etcd's `findConflictByTerm`).
+    AppendResponse {
+        index: Index,
+        reject: bool,
+        hint_index: Index,
+        hint_term: Term,
+    },
+    /// Leader liveness and commit propagation. `ctx` names the latest ReadIndex round
+    /// the leader wants confirmed (0: none).
+    Heartbeat { commit: Index, ctx: u64 },
+    /// Answer to `Heartbeat`, echoing `ctx`.
+    HeartbeatResponse { ctx: u64 },
+    /// RequestVote (Raft §5.2) or PreVote (dissertation §9.6) when `pre`. `transfer`
+    /// marks a campaign started by leadership transfer, which bypasses leader
+    /// stickiness (§4.2.3 / §6 of the dissertation).
+    Vote {
+        pre: bool,
+        last_index: Index,
+        last_term: Term,
+        transfer: bool,
+    },
+    /// Answer to `Vote`.
+    VoteResponse { pre: bool, reject: bool },
+    /// InstallSnapshot (Raft §7).
+    Snapshot { snapshot: Snapshot },
+    /// Leadership transfer: the recipient campaigns at once (dissertation §3.10).
+    TimeoutNow,
+    /// Proposals relayed from a follower to the leader.
+    Propose { entries: Vec<Entry> },
+    /// A ReadIndex request relayed from a follower to the leader.
+    ReadIndex { ctx: u64 },
+    /// The leader's answer to `ReadIndex`: reads may be served once `index` is applied.
+    ReadIndexResponse { ctx: u64, index: Index },
+    /// A leadership-transfer request relayed from a follower to the leader.
+    TransferLeader { target: NodeId },
+}
+
+impl MessageBody {
+    /// A short name for logs and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::Append { .. } => "append",
+            MessageBody::AppendResponse { .. } => "append_response",
+            MessageBody::Heartbeat { .. } => "heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "heartbeat_response",
+            MessageBody::Vote { pre: true, .. } => "pre_vote",
+            MessageBody::Vote { pre: false, .. } => "vote",
+            MessageBody::VoteResponse { pre: true, .. } => "pre_vote_response",
+            MessageBody::VoteResponse { pre: false, .. } => "vote_response",
+            MessageBody::Snapshot { .. } => "snapshot",
+            MessageBody::TimeoutNow => "timeout_now",
+            MessageBody::Propose { .. } => "propose",
+            MessageBody::ReadIndex { .. } => "read_index",
+            MessageBody::ReadIndexResponse { .. } => "read_index_response",
+            MessageBody::TransferLeader { .. } => "transfer_leader",
+        }
+    }
+
+    /// True for small control messages that a transport should not queue behind bulk
+    /// appends and snapshots (heartbeats, votes, transfer, read-index traffic).
+    pub fn is_control(&self) -> bool {
+        !matches!(
+            self,
+            MessageBody::Append { .. } | MessageBody::Snapshot { .. } | MessageBody::Propose { .. }
+        )
+    }
+
+    /// True for responses: they carry no request of their own.
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::AppendResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::VoteResponse { .. }
+                | MessageBody::ReadIndexResponse { .. }
+        )
+    }
+}
+
+/// A ReadIndex result: the read identified by `ctx` may be served once the local state
+/// machine has applied `index` (Raft dissertation §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: Index,
+}
+
+/// The role a member plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Role {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name as shown on status pages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// Volatile state worth reporting when it changes (not persisted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SoftState {
+    pub leader: NodeId,
+    pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_change_round_trips_and_rejects_malformed() {
+        for cc in [
+            ConfChange::AddVoter(7),
+            ConfChange::AddLearner(u64::MAX),
+            ConfChange::RemoveNode(1),
+        ] {
+            assert_eq!(ConfChange::decode(&cc.encode()), Some(cc));
+        }
+        assert_eq!(ConfChange::decode(&[]), None);
+        assert_eq!(
+            ConfChange::decode(&[9, 1, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "unknown tag"
+        );
+        assert_eq!(
+            ConfChange::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "node id 0"
+        );
+        assert_eq!(
+            ConfChange::decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "trailing byte"
+        );
+    }
+
+    #[test]
+    fn election_timeout_payload_round_trips() {
+        assert_eq!(
+            decode_election_timeout(&encode_election_timeout(42)),
+            Some(42)
+        );
+        assert_eq!(decode_election_timeout(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn conf_state_well_formedness() {
+        assert!(ConfState::with_voters([3, 1, 2, 2]).is_well_formed());
+        let overlap = ConfState {
+            voters: vec![1, 2],
+            learners: vec![2],
+        };
+        assert!(!overlap.is_well_formed());
+        let zero = ConfState {
+            voters: vec![0, 1],
+            learners: vec![],
+        };
+        assert!(!zero.is_well_formed());
+    }
+}
