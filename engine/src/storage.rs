@@ -31,9 +31,7 @@ impl std::fmt::Display for StorageError {
         match self {
             StorageError::Compacted => f.write_str("requested index is compacted"),
             StorageError::Unavailable => f.write_str("requested index is beyond the last index"),
-            StorageError::SnapshotTemporarilyUnavailable => {
-                f.write_str("snapshot temporarily unavailable")
-            }
+            StorageError::SnapshotTemporarilyUnavailable => f.write_str("snapshot temporarily unavailable"),
             StorageError::Failed(why) => write!(f, "storage failed: {why}"),
         }
     }
@@ -62,13 +60,7 @@ pub trait Storage {
 
     /// Appends entries `[lo, hi)` to `out`, stopping before the entry that would take the
     /// total over `max_bytes` (by [`Entry::size_bytes`]) — but always at least one entry.
-    fn entries(
-        &self,
-        lo: Index,
-        hi: Index,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError>;
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64, out: &mut Vec<Entry>) -> Result<(), StorageError>;
 
     /// Term of the entry at `index`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
@@ -89,7 +81,7 @@ pub struct MemStorage {
     hard_state: HardState,
     snapshot: Snapshot,
     /// `entries[i].index == snapshot.meta.index + 1 + i`.
-    entries: VecDeque<Entry>,
+    entries: Chunked,
 }
 
 impl MemStorage {
@@ -139,11 +131,7 @@ impl MemStorage {
             "MemStorage::append: entries are not contiguous"
         );
         let offset = self.snapshot.meta.index + 1;
-        assert!(
-            first.index >= offset,
-            "MemStorage::append: entry {} is at or below the snapshot",
-            first.index
-        );
+        assert!(first.index >= offset, "MemStorage::append: entry {} is at or below the snapshot", first.index);
         let keep = (first.index - offset) as usize;
         assert!(
             keep <= self.entries.len(),
@@ -152,7 +140,27 @@ impl MemStorage {
             first.index
         );
         self.entries.truncate(keep);
-        self.entries.extend(ents.iter().cloned());
+        for e in ents {
+            self.entries.push(e.clone());
+        }
+    }
+
+    /// Like [`MemStorage::append`], taking ownership so no payload is cloned.
+    ///
+    /// # Panics
+    /// As [`MemStorage::append`].
+    pub fn append_owned(&mut self, ents: Vec<Entry>) {
+        let Some(first) = ents.first() else { return };
+        let offset = self.snapshot.meta.index + 1;
+        let fast = first.index == self.last_index() + 1 && first.index >= offset;
+        if !fast {
+            return self.append(&ents);
+        }
+        assert!(
+            ents.windows(2).all(|w| w[1].index == w[0].index + 1),
+            "MemStorage::append: entries are not contiguous"
+        );
+        self.entries.extend(ents);
     }
 
     /// Discards entries up to and including `index` (which must have been applied and
@@ -165,13 +173,10 @@ impl MemStorage {
         if index <= self.snapshot.meta.index {
             return;
         }
-        assert!(
-            index <= self.last_index(),
-            "MemStorage::compact: {index} is beyond the last index"
-        );
+        assert!(index <= self.last_index(), "MemStorage::compact: {index} is beyond the last index");
         let term = self.term(index).expect("term of an index inside the log");
         let drop = (index - self.snapshot.meta.index) as usize;
-        self.entries.drain(..drop);
+        self.entries.drain_front(drop);
         self.snapshot.meta.index = index;
         self.snapshot.meta.term = term;
     }
@@ -190,15 +195,7 @@ impl MemStorage {
         }
         let term = self.term(index).expect("snapshot index inside the log");
         self.compact(index);
-        self.snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf_state,
-                election_timeout_ticks,
-            },
-            data,
-        };
+        self.snapshot = Snapshot { meta: SnapshotMeta { index, term, conf_state, election_timeout_ticks }, data };
     }
 
     /// Installs a snapshot received from the leader, discarding the whole log.
@@ -213,7 +210,7 @@ impl MemStorage {
 
     /// All entries after the snapshot (tests).
     pub fn all_entries(&self) -> Vec<Entry> {
-        self.entries.iter().cloned().collect()
+        self.entries.range(0, self.entries.len()).cloned().collect()
     }
 }
 
@@ -226,13 +223,7 @@ impl Storage for MemStorage {
         })
     }
 
-    fn entries(
-        &self,
-        lo: Index,
-        hi: Index,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64, out: &mut Vec<Entry>) -> Result<(), StorageError> {
         let offset = self.snapshot.meta.index + 1;
         if lo < offset {
             return Err(StorageError::Compacted);
@@ -242,7 +233,7 @@ impl Storage for MemStorage {
         }
         let mut total = 0u64;
         let start = (lo - offset) as usize;
-        for e in self.entries.range(start..(hi - offset) as usize) {
+        for e in self.entries.range(start, (hi - offset) as usize) {
             total += e.size_bytes();
             if total > max_bytes && e.index != lo {
                 break;
@@ -260,10 +251,7 @@ impl Storage for MemStorage {
         if index < snap {
             return Err(StorageError::Compacted);
         }
-        self.entries
-            .get((index - snap - 1) as usize)
-            .map(|e| e.term)
-            .ok_or(StorageError::Unavailable)
+        self.entries.get((index - snap - 1) as usize).map(|e| e.term).ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Index {
@@ -279,17 +267,167 @@ impl Storage for MemStorage {
     }
 }
 
+/// Entries per chunk of [`Chunked`]: 1024 entries of ~56 bytes stay below the
+/// allocator's mmap threshold and are cheap to drop whole on compaction.
+const CHUNK_ENTRIES: usize = 1024;
+
+/// A deque of entries stored in fixed-size chunks, so that a log of millions of entries
+/// grows without ever copying the entries it already holds (one large `VecDeque`
+/// reallocates and moves everything on each doubling).
+#[derive(Debug, Default, Clone)]
+struct Chunked {
+    chunks: VecDeque<Vec<Entry>>,
+    /// Entries already removed from the front of the first chunk.
+    skip: usize,
+    len: usize,
+}
+
+impl Chunked {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn locate(&self, i: usize) -> (usize, usize) {
+        let i = i + self.skip;
+        (i / CHUNK_ENTRIES, i % CHUNK_ENTRIES)
+    }
+
+    fn get(&self, i: usize) -> Option<&Entry> {
+        if i >= self.len {
+            return None;
+        }
+        let (c, o) = self.locate(i);
+        Some(&self.chunks[c][o])
+    }
+
+    fn push(&mut self, e: Entry) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK_ENTRIES => c.push(e),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK_ENTRIES);
+                c.push(e);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Appends all of `ents`, moving them chunk by chunk.
+    fn extend(&mut self, mut ents: Vec<Entry>) {
+        self.len += ents.len();
+        let mut rest = ents.as_mut_slice().len();
+        let mut src = ents.drain(..);
+        while rest > 0 {
+            let room = match self.chunks.back() {
+                Some(c) if c.len() < CHUNK_ENTRIES => CHUNK_ENTRIES - c.len(),
+                _ => {
+                    self.chunks.push_back(Vec::with_capacity(CHUNK_ENTRIES));
+                    CHUNK_ENTRIES
+                }
+            };
+            let take = room.min(rest);
+            self.chunks.back_mut().expect("ensured above").extend(src.by_ref().take(take));
+            rest -= take;
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        if n == 0 {
+            self.clear();
+            return;
+        }
+        let (c, o) = self.locate(n - 1);
+        self.chunks.truncate(c + 1);
+        self.chunks[c].truncate(o + 1);
+        self.len = n;
+    }
+
+    fn drain_front(&mut self, n: usize) {
+        if n >= self.len {
+            self.clear();
+            return;
+        }
+        let (c, o) = self.locate(n);
+        self.chunks.drain(..c);
+        // Entries before `o` in the (now) first chunk are dead; release their payloads.
+        for e in &mut self.chunks[0][self.skip.min(o)..o] {
+            e.data = bytes::Bytes::new();
+        }
+        self.skip = o;
+        self.len -= n;
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.skip = 0;
+        self.len = 0;
+    }
+
+    /// Entries `[lo, hi)`, walked a chunk slice at a time.
+    fn range(&self, lo: usize, hi: usize) -> impl Iterator<Item = &Entry> {
+        let hi = hi.min(self.len);
+        let lo = lo.min(hi);
+        let (c0, o0) = self.locate(lo);
+        let mut remaining = hi - lo;
+        self.chunks.range(c0.min(self.chunks.len())..).enumerate().flat_map(move |(k, chunk)| {
+            let start = if k == 0 { o0 } else { 0 };
+            let n = (chunk.len() - start).min(remaining);
+            remaining -= n;
+            chunk[start..start + n].iter()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
 
     fn ent(index: Index, term: Term) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: Default::default(),
-            data: Bytes::new(),
+        Entry { index, term, kind: Default::default(), data: Bytes::new() }
+    }
+
+    #[test]
+    fn chunked_matches_a_plain_vector() {
+        let mut c = Chunked::default();
+        let mut v: Vec<u64> = Vec::new();
+        let mut next = 1;
+        // Grow, truncate and drain across chunk boundaries, checking every position.
+        for step in 0..40u64 {
+            let mut batch = Vec::new();
+            // Mix single pushes with bulk extends of varying sizes.
+            for k in 0..(step * 97 % 700) {
+                if k % 7 == 0 {
+                    c.extend(std::mem::take(&mut batch));
+                    c.push(ent(next, 1));
+                } else {
+                    batch.push(ent(next, 1));
+                }
+                v.push(next);
+                next += 1;
+            }
+            c.extend(batch);
+            if step % 3 == 0 {
+                let n = v.len() * 2 / 3;
+                c.truncate(n);
+                v.truncate(n);
+                next = v.last().map_or(next, |l| l + 1);
+            }
+            if step % 4 == 1 {
+                let n = v.len() / 3;
+                c.drain_front(n);
+                v.drain(..n);
+            }
+            assert_eq!(c.len(), v.len());
+            let got: Vec<u64> = c.range(0, c.len()).map(|e| e.index).collect();
+            assert_eq!(got, v);
+            for (i, want) in v.iter().enumerate() {
+                assert_eq!(c.get(i).map(|e| e.index), Some(*want));
+            }
+            assert!(c.get(v.len()).is_none());
         }
     }
 
@@ -312,10 +450,7 @@ mod tests {
         assert_eq!(s.term(2), Ok(2));
         assert_eq!(s.term(1), Err(StorageError::Compacted));
         let mut out = Vec::new();
-        assert_eq!(
-            s.entries(2, 4, u64::MAX, &mut out),
-            Err(StorageError::Compacted)
-        );
+        assert_eq!(s.entries(2, 4, u64::MAX, &mut out), Err(StorageError::Compacted));
         s.entries(3, 4, u64::MAX, &mut out).unwrap();
         assert_eq!(out, vec![ent(3, 3)]);
     }
@@ -328,8 +463,7 @@ mod tests {
         s.entries(1, 4, 0, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         out.clear();
-        s.entries(1, 4, 2 * crate::types::ENTRY_OVERHEAD_BYTES, &mut out)
-            .unwrap();
+        s.entries(1, 4, 2 * crate::types::ENTRY_OVERHEAD_BYTES, &mut out).unwrap();
         assert_eq!(out.len(), 2);
     }
 }

@@ -63,12 +63,7 @@ pub struct Entry {
 impl Entry {
     /// A normal entry with no position yet (the leader assigns term and index).
     pub fn new(data: Bytes) -> Entry {
-        Entry {
-            term: 0,
-            index: 0,
-            kind: EntryKind::Normal,
-            data,
-        }
+        Entry { term: 0, index: 0, kind: EntryKind::Normal, data }
     }
 
     /// Bytes this entry counts against message and uncommitted-log limits.
@@ -110,10 +105,7 @@ impl ConfState {
         let mut voters: Vec<NodeId> = voters.into_iter().collect();
         voters.sort_unstable();
         voters.dedup();
-        ConfState {
-            voters,
-            learners: Vec::new(),
-        }
+        ConfState { voters, learners: Vec::new() }
     }
 
     /// True when `id` is a voter or learner.
@@ -128,10 +120,7 @@ impl ConfState {
             && sorted(&self.learners)
             && !self.voters.contains(&NO_NODE)
             && !self.learners.contains(&NO_NODE)
-            && self
-                .voters
-                .iter()
-                .all(|v| self.learners.binary_search(v).is_err())
+            && self.voters.iter().all(|v| self.learners.binary_search(v).is_err())
     }
 }
 
@@ -178,9 +167,7 @@ impl ConfChange {
     /// The node the change is about.
     pub fn node_id(&self) -> NodeId {
         match *self {
-            ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::RemoveNode(id) => {
-                id
-            }
+            ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::RemoveNode(id) => id,
         }
     }
 
@@ -248,23 +235,13 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
     /// AppendEntries (Raft §5.3): entries following (`prev_index`, `prev_term`).
-    Append {
-        prev_index: Index,
-        prev_term: Term,
-        commit: Index,
-        entries: Vec<Entry>,
-    },
+    Append { prev_index: Index, prev_term: Term, commit: Index, entries: Vec<Entry> },
     /// Answer to `Append`. On success `index` is the last index known to match the
     /// leader's log. On rejection `index` is the rejected `prev_index` and
     /// (`hint_index`, `hint_term`) is the follower's guess of where the logs may agree:
     /// the last index at or below `hint_index` whose term is at most `hint_term`
     /// (fast backtracking, as etcd's `findConflictByTerm`).
-    AppendResponse {
-        index: Index,
-        reject: bool,
-        hint_index: Index,
-        hint_term: Term,
-    },
+    AppendResponse { index: Index, reject: bool, hint_index: Index, hint_term: Term },
     /// Leader liveness and commit propagation. `ctx` names the latest ReadIndex round
     /// the leader wants confirmed (0: none).
     Heartbeat { commit: Index, ctx: u64 },
@@ -273,12 +250,7 @@ pub enum MessageBody {
     /// RequestVote (Raft §5.2) or PreVote (dissertation §9.6) when `pre`. `transfer`
     /// marks a campaign started by leadership transfer, which bypasses leader
     /// stickiness (§4.2.3 / §6 of the dissertation).
-    Vote {
-        pre: bool,
-        last_index: Index,
-        last_term: Term,
-        transfer: bool,
-    },
+    Vote { pre: bool, last_index: Index, last_term: Term, transfer: bool },
     /// Answer to `Vote`.
     VoteResponse { pre: bool, reject: bool },
     /// InstallSnapshot (Raft §7).
@@ -319,10 +291,7 @@ impl MessageBody {
     /// True for small control messages that a transport should not queue behind bulk
     /// appends and snapshots (heartbeats, votes, transfer, read-index traffic).
     pub fn is_control(&self) -> bool {
-        !matches!(
-            self,
-            MessageBody::Append { .. } | MessageBody::Snapshot { .. } | MessageBody::Propose { .. }
-        )
+        !matches!(self, MessageBody::Append { .. } | MessageBody::Snapshot { .. } | MessageBody::Propose { .. })
     }
 
     /// True for responses: they carry no request of their own.
@@ -380,52 +349,27 @@ mod tests {
 
     #[test]
     fn conf_change_round_trips_and_rejects_malformed() {
-        for cc in [
-            ConfChange::AddVoter(7),
-            ConfChange::AddLearner(u64::MAX),
-            ConfChange::RemoveNode(1),
-        ] {
+        for cc in [ConfChange::AddVoter(7), ConfChange::AddLearner(u64::MAX), ConfChange::RemoveNode(1)] {
             assert_eq!(ConfChange::decode(&cc.encode()), Some(cc));
         }
         assert_eq!(ConfChange::decode(&[]), None);
-        assert_eq!(
-            ConfChange::decode(&[9, 1, 0, 0, 0, 0, 0, 0, 0]),
-            None,
-            "unknown tag"
-        );
-        assert_eq!(
-            ConfChange::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]),
-            None,
-            "node id 0"
-        );
-        assert_eq!(
-            ConfChange::decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
-            None,
-            "trailing byte"
-        );
+        assert_eq!(ConfChange::decode(&[9, 1, 0, 0, 0, 0, 0, 0, 0]), None, "unknown tag");
+        assert_eq!(ConfChange::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]), None, "node id 0");
+        assert_eq!(ConfChange::decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]), None, "trailing byte");
     }
 
     #[test]
     fn election_timeout_payload_round_trips() {
-        assert_eq!(
-            decode_election_timeout(&encode_election_timeout(42)),
-            Some(42)
-        );
+        assert_eq!(decode_election_timeout(&encode_election_timeout(42)), Some(42));
         assert_eq!(decode_election_timeout(&[1, 2, 3]), None);
     }
 
     #[test]
     fn conf_state_well_formedness() {
         assert!(ConfState::with_voters([3, 1, 2, 2]).is_well_formed());
-        let overlap = ConfState {
-            voters: vec![1, 2],
-            learners: vec![2],
-        };
+        let overlap = ConfState { voters: vec![1, 2], learners: vec![2] };
         assert!(!overlap.is_well_formed());
-        let zero = ConfState {
-            voters: vec![0, 1],
-            learners: vec![],
-        };
+        let zero = ConfState { voters: vec![0, 1], learners: vec![] };
         assert!(!zero.is_well_formed());
     }
 }
