@@ -932,11 +932,11 @@ impl<S: Storage> Raft<S> {
         if index <= self.log.committed {
             return false;
         }
-        if !snapshot.meta.conf_state.contains(self.id) {
-            // A snapshot of a configuration we are not part of cannot be ours (etcd).
-            self.stats.msgs_malformed += 1;
-            return false;
-        }
+        // Unlike etcd, a snapshot whose membership excludes us is installed too: a member
+        // removed and re-added is sent the leader's latest snapshot, which may predate
+        // the re-addition. It is committed state either way, and the conf change that
+        // re-adds us follows it in the log (promotable() keeps us from campaigning
+        // until then).
         if self.log.match_term(index, term) {
             // We already hold the entries: fast-forward the commit index instead of
             // throwing the log away.

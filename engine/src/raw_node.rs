@@ -495,6 +495,39 @@ impl<S: Storage> RawNode<S> {
         self.raft.term
     }
 
+    /// Entries `[lo, hi)` of the log as this member holds it (durable entries plus those
+    /// not yet reported durable), at most `max_bytes` (but at least one entry).
+    pub fn log_entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, crate::StorageError> {
+        let mut out = Vec::new();
+        self.raft.log.slice(lo, hi, max_bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Term of the entry at `index` in this member's log.
+    pub fn log_term(&self, index: Index) -> Result<Term, crate::StorageError> {
+        self.raft.log.term(index)
+    }
+
+    /// Highest index known committed.
+    pub fn commit_index(&self) -> Index {
+        self.raft.log.committed
+    }
+
+    /// Highest index handed out for application and advanced.
+    pub fn applied_index(&self) -> Index {
+        self.raft.log.applied
+    }
+
+    /// Index of the last entry in this member's log.
+    pub fn last_index(&self) -> Index {
+        self.raft.log.last_index()
+    }
+
+    /// Index of the first entry still held (after the last compaction).
+    pub fn first_index(&self) -> Index {
+        self.raft.log.first_index()
+    }
+
     /// The storage, for reading.
     pub fn storage(&self) -> &S {
         &self.raft.log.store

@@ -7,3 +7,4 @@
 mod datadriven;
 mod interaction;
 mod scripts;
+mod sim;
