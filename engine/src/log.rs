@@ -380,8 +380,11 @@ impl<S: Storage> RaftLog<S> {
 
     /// Installs a snapshot received from the leader: the log becomes empty after it.
     pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+        // Only the old committed prefix is known to agree with the snapshot; durable
+        // entries past it may differ (that is why the snapshot is being installed), so
+        // they stop counting until the snapshot itself is durable.
+        self.persisted = self.persisted.min(self.committed);
         self.committed = snapshot.meta.index;
-        self.persisted = self.persisted.min(snapshot.meta.index);
         self.unstable.restore(snapshot);
     }
 }
@@ -490,6 +493,22 @@ mod tests {
         out.clear();
         l.slice(3, 5, 0, &mut out).unwrap();
         assert_eq!(out.len(), 1, "at least one entry");
+    }
+
+    #[test]
+    fn restore_does_not_count_divergent_durable_entries() {
+        // Durable entries 1..=5 of term 1, of which only 1..=2 are committed; the leader's
+        // snapshot at 4 has term 2: entries 3..=5 on disk are not the snapshot's.
+        let mut l = log_with(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)], &[]);
+        l.commit_to(2);
+        assert_eq!(l.persisted, 5);
+        let mut snap = Snapshot::default();
+        snap.meta.index = 4;
+        snap.meta.term = 2;
+        l.restore(snap);
+        assert_eq!(l.persisted, 2, "only the committed prefix stays durable");
+        l.stable_to(None, Some(4));
+        assert_eq!(l.persisted, 4, "the snapshot itself is durable now");
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub(crate) struct Progress {
     pub(crate) read_acked: u64,
     /// Engine tick at which the leader last heard from this peer.
     pub(crate) last_heard_tick: u64,
+    /// Commit index carried by the last append sent to this peer.
+    pub(crate) sent_commit: Index,
 }
 
 impl Progress {
@@ -129,6 +131,7 @@ impl Progress {
             is_learner,
             read_acked: 0,
             last_heard_tick: 0,
+            sent_commit: 0,
         }
     }
 

@@ -300,6 +300,7 @@ impl<S: Storage> Raft<S> {
                 let pr = self.tracker.get_mut(to).expect("checked above");
                 pr.sent_entries(count, last_sent, bytes);
                 let commit = self.log.committed;
+                pr.sent_commit = commit;
                 let entries = std::mem::replace(&mut ents, Vec::with_capacity(count));
                 self.scratch = ents;
                 self.send(to, self.term, MessageBody::Append { prev_index: next - 1, prev_term, commit, entries });
@@ -346,17 +347,27 @@ impl<S: Storage> Raft<S> {
     }
 
     fn bcast_append(&mut self) {
+        let committed = self.log.committed;
         for i in 0..self.tracker.progress.len() {
-            let id = self.tracker.progress[i].0;
-            if id != self.id {
+            let (id, ref pr) = self.tracker.progress[i];
+            if id == self.id {
+                continue;
+            }
+            let lacks_commit = pr.sent_commit < committed;
+            if !self.send_append_loop(id) && lacks_commit {
+                // Nothing new to send, but the follower does not know the commit index.
                 self.maybe_send_append(id, true);
             }
         }
     }
 
-    /// Sends everything the window allows to `to` (used when acknowledgements open it).
-    fn send_append_loop(&mut self, to: NodeId) {
-        while self.maybe_send_append(to, false) {}
+    /// Sends everything the window allows to `to`. Returns whether anything was sent.
+    fn send_append_loop(&mut self, to: NodeId) -> bool {
+        let mut sent = false;
+        while self.maybe_send_append(to, false) {
+            sent = true;
+        }
+        sent
     }
 
     /// Broadcasts a heartbeat round; any queued reads ride on it.
@@ -372,12 +383,13 @@ impl<S: Storage> Raft<S> {
         }
         self.reads.rounds.push_back(ReadRound { seq, sent_tick: self.ticks, index: self.log.committed, requests });
         for i in 0..self.tracker.progress.len() {
-            let (id, ref pr) = self.tracker.progress[i];
+            let (id, ref mut pr) = self.tracker.progress[i];
             if id == self.id {
                 continue;
             }
             // Never tell a follower to commit past what it is known to hold (§5.3).
             let commit = pr.matched.min(self.log.committed);
+            pr.sent_commit = pr.sent_commit.max(commit);
             self.send(id, self.term, MessageBody::Heartbeat { commit, ctx: seq });
         }
         // A lone voter confirms its own rounds.
@@ -407,6 +419,7 @@ impl<S: Storage> Raft<S> {
             pr.matched = if *pid == id { persisted } else { 0 };
             pr.recent_active = *pid == id;
             pr.read_acked = 0;
+            pr.sent_commit = 0;
         }
         self.pending_conf_index = 0;
         self.uncommitted_bytes = 0;
@@ -635,6 +648,16 @@ impl<S: Storage> Raft<S> {
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                     self.become_follower(m.term, m.from)
                 }
+                MessageBody::Vote { .. } => {
+                    // Raft Figure 2: the election timer restarts on hearing from the
+                    // leader or on granting a vote — not on merely seeing a higher
+                    // term. Otherwise a member that can never win (a stale log) but
+                    // times out sooner than the others would reset their timers with
+                    // every request and keep the cluster leaderless forever.
+                    let elapsed = self.election_elapsed;
+                    self.become_follower(m.term, NO_NODE);
+                    self.election_elapsed = elapsed;
+                }
                 _ => self.become_follower(m.term, NO_NODE),
             }
         } else if m.term < self.term {
@@ -718,8 +741,6 @@ impl<S: Storage> Raft<S> {
                     let n = keep.len() as u64;
                     if self.append_entries(keep, false).is_err() {
                         self.stats.proposals_dropped += n;
-                    } else {
-                        self.bcast_append();
                     }
                 }
             }
@@ -769,12 +790,10 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
+        // An acknowledgement opens the window; what it lets through goes out at the next
+        // flush, together with the newest commit index.
         let pr = self.tracker.get_mut(from).expect("member checked in step");
-        let was_paused = pr.is_paused();
         if !pr.maybe_update(index) {
-            if was_paused && !pr.is_paused() {
-                self.send_append_loop(from);
-            }
             return;
         }
         match pr.state {
@@ -789,14 +808,7 @@ impl<S: Storage> Raft<S> {
             ProgressState::Replicate => pr.inflights.free_le(index),
         }
         let matched = pr.matched;
-        if self.maybe_commit() {
-            self.bcast_append();
-        } else if was_paused {
-            // It was paused when the commit index last went out, so it may not know it.
-            self.maybe_send_append(from, true);
-        }
-        // Keep streaming: the acknowledgement may have opened the window.
-        self.send_append_loop(from);
+        self.maybe_commit();
         if from == self.lead_transferee && matched == last {
             self.send_timeout_now(from);
         }
@@ -838,10 +850,7 @@ impl<S: Storage> Raft<S> {
                 self.tracker.record_vote(m.from, !reject);
                 match self.tracker.vote_result() {
                     VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false),
-                    VoteResult::Won => {
-                        self.become_leader();
-                        self.bcast_append();
-                    }
+                    VoteResult::Won => self.become_leader(),
                     VoteResult::Lost => self.become_follower(self.term, NO_NODE),
                     VoteResult::Pending => {}
                 }
@@ -977,8 +986,8 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader {
             let persisted = self.log.persisted;
             let updated = self.tracker.get_mut(self.id).is_some_and(|pr| pr.maybe_update(persisted));
-            if updated && self.maybe_commit() {
-                self.bcast_append();
+            if updated {
+                self.maybe_commit();
             }
         }
     }
@@ -1019,10 +1028,13 @@ impl<S: Storage> Raft<S> {
                 }
                 let cc = ConfChange::decode(&e.data).ok_or(RequestError::Invalid("malformed conf change"))?;
                 let mut cs = self.tracker.conf_state();
-                if !apply_to_conf_state(&mut cs, cc) {
-                    return Err(RequestError::Invalid("conf change would leave no voter or changes nothing"));
+                match apply_to_conf_state(&mut cs, cc) {
+                    ConfOutcome::Changed => Ok(()),
+                    ConfOutcome::Unchanged => Err(RequestError::Invalid("conf change changes nothing")),
+                    ConfOutcome::Refused => {
+                        Err(RequestError::Invalid("conf change would leave no voter or names an unknown member"))
+                    }
                 }
-                Ok(())
             }
             EntryKind::ElectionTimeout => match decode_election_timeout(&e.data) {
                 Some(t) if u64::from(t) > self.heartbeat_timeout && t <= ELECTION_TICKS_MAX => Ok(()),
@@ -1056,7 +1068,6 @@ impl<S: Storage> Raft<S> {
                 if let Some(i) = conf_at {
                     self.pending_conf_index = li + 1 + i as u64;
                 }
-                self.bcast_append();
                 Ok(())
             }
             Role::Follower if self.leader != NO_NODE => {
@@ -1140,16 +1151,35 @@ impl<S: Storage> Raft<S> {
         self.reads.queued.push((from, ctx));
     }
 
-    /// Starts a heartbeat round for reads queued since the last one, so that all reads
-    /// arriving between two Readies share one round.
-    pub(crate) fn flush_reads(&mut self) {
-        if self.role == Role::Leader && !self.reads.queued.is_empty() {
+    /// Sends what accumulated since the last Ready: one heartbeat round for all queued
+    /// reads, and to every follower the new entries its window allows, or the commit
+    /// index if it lacks it. Appends go out here, once per Ready, rather than per
+    /// proposal or acknowledgement, so everything since the last Ready shares one
+    /// message per follower.
+    pub(crate) fn flush(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if !self.reads.queued.is_empty() {
             self.bcast_heartbeat();
+        }
+        if self.wants_append() {
+            self.bcast_append();
         }
     }
 
-    pub(crate) fn has_queued_reads(&self) -> bool {
-        self.role == Role::Leader && !self.reads.queued.is_empty()
+    /// Whether some follower can be sent entries, or lacks the commit index.
+    fn wants_append(&self) -> bool {
+        let (last, committed) = (self.log.last_index(), self.log.committed);
+        self.tracker
+            .progress
+            .iter()
+            .any(|(id, pr)| *id != self.id && !pr.is_paused() && (pr.next <= last || pr.sent_commit < committed))
+    }
+
+    /// Whether `flush` would send anything.
+    pub(crate) fn has_pending_flush(&self) -> bool {
+        self.role == Role::Leader && (!self.reads.queued.is_empty() || self.wants_append())
     }
 
     fn process_read_acks(&mut self) {
@@ -1232,13 +1262,18 @@ impl<S: Storage> Raft<S> {
 
     // ---- applying ------------------------------------------------------------------------
 
-    /// Applies a committed membership change. Changes that are no-ops or would leave no
-    /// voter are ignored (deterministically, on every member) and counted.
+    /// Applies a committed membership change. A change that would leave no voter or
+    /// names an unknown member is ignored (deterministically, on every member) and
+    /// counted; one that changes nothing is simply nothing.
     pub(crate) fn apply_conf_change(&mut self, cc: ConfChange) -> ConfState {
         let mut cs = self.tracker.conf_state();
-        if !apply_to_conf_state(&mut cs, cc) {
-            self.stats.conf_changes_invalid += 1;
-            return cs;
+        match apply_to_conf_state(&mut cs, cc) {
+            ConfOutcome::Changed => {}
+            ConfOutcome::Unchanged => return cs,
+            ConfOutcome::Refused => {
+                self.stats.conf_changes_invalid += 1;
+                return cs;
+            }
         }
         let next = self.log.last_index() + 1;
         let before: Vec<NodeId> = self.tracker.progress.iter().map(|(id, _)| *id).collect();
@@ -1254,9 +1289,7 @@ impl<S: Storage> Raft<S> {
                 self.lead_transferee = NO_NODE;
             }
             // A smaller quorum may commit more at once.
-            if self.maybe_commit() {
-                self.bcast_append();
-            }
+            self.maybe_commit();
             let added: Vec<NodeId> =
                 self.tracker.progress.iter().map(|(id, _)| *id).filter(|id| !before.contains(id)).collect();
             for id in added {
@@ -1328,43 +1361,54 @@ impl AppliedSummary {
     }
 }
 
-/// Applies `cc` to `cs`. Returns false (leaving `cs` unchanged) when the change does
-/// nothing or would leave the cluster without voters.
-pub(crate) fn apply_to_conf_state(cs: &mut ConfState, cc: ConfChange) -> bool {
+/// What applying a conf change to a membership does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConfOutcome {
+    Changed,
+    /// The membership already is what the change asks for (re-applying a bootstrap
+    /// entry, adding a voter twice): nothing to do, nothing wrong.
+    Unchanged,
+    /// The change would leave the cluster without a voter, or removes an unknown
+    /// member: refused.
+    Refused,
+}
+
+/// Applies `cc` to `cs`, leaving it unchanged unless the outcome is `Changed`.
+pub(crate) fn apply_to_conf_state(cs: &mut ConfState, cc: ConfChange) -> ConfOutcome {
     let id = cc.node_id();
     let is_voter = cs.voters.binary_search(&id);
     let is_learner = cs.learners.binary_search(&id);
     match cc {
         ConfChange::AddVoter(_) => {
-            let Err(pos) = is_voter else { return false };
+            let Err(pos) = is_voter else { return ConfOutcome::Unchanged };
             cs.voters.insert(pos, id);
             if let Ok(l) = is_learner {
                 cs.learners.remove(l);
             }
         }
         ConfChange::AddLearner(_) => {
-            let Err(pos) = is_learner else { return false };
+            let Err(pos) = is_learner else { return ConfOutcome::Unchanged };
             if let Ok(v) = is_voter {
                 // Demotion: allowed as long as a voter remains.
                 if cs.voters.len() == 1 {
-                    return false;
+                    return ConfOutcome::Refused;
                 }
                 cs.voters.remove(v);
             }
             cs.learners.insert(pos, id);
         }
         ConfChange::RemoveNode(_) => match (is_voter, is_learner) {
-            (Ok(_), _) if cs.voters.len() == 1 => return false,
+            (Ok(_), _) if cs.voters.len() == 1 => return ConfOutcome::Refused,
             (Ok(v), _) => {
                 cs.voters.remove(v);
             }
             (_, Ok(l)) => {
                 cs.learners.remove(l);
             }
-            _ => return false,
+            _ => return ConfOutcome::Refused,
         },
     }
-    true
+    ConfOutcome::Changed
 }
 
 #[cfg(test)]
@@ -1373,18 +1417,21 @@ mod tests {
 
     #[test]
     fn conf_state_changes() {
+        use ConfOutcome::*;
         let mut cs = ConfState::with_voters([1, 2]);
-        assert!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(3)));
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(3)), Changed);
         assert_eq!(cs.learners, vec![3]);
-        assert!(apply_to_conf_state(&mut cs, ConfChange::AddVoter(3)), "promotion");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddVoter(3)), Changed, "promotion");
         assert_eq!((cs.voters.clone(), cs.learners.clone()), (vec![1, 2, 3], vec![]));
-        assert!(!apply_to_conf_state(&mut cs, ConfChange::AddVoter(3)), "already a voter");
-        assert!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(2)), "demotion");
-        assert!(apply_to_conf_state(&mut cs, ConfChange::RemoveNode(1)));
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddVoter(3)), Unchanged, "already a voter");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(2)), Changed, "demotion");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(2)), Unchanged, "already a learner");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::RemoveNode(1)), Changed);
         assert_eq!(cs.voters, vec![3]);
-        assert!(!apply_to_conf_state(&mut cs, ConfChange::RemoveNode(3)), "last voter stays");
-        assert!(!apply_to_conf_state(&mut cs, ConfChange::AddLearner(3)), "last voter cannot be demoted");
-        assert!(!apply_to_conf_state(&mut cs, ConfChange::RemoveNode(9)), "unknown node");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::RemoveNode(3)), Refused, "last voter stays");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::AddLearner(3)), Refused, "last voter cannot be demoted");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::RemoveNode(9)), Refused, "unknown node");
+        assert_eq!(cs.voters, vec![3]);
         assert!(cs.is_well_formed());
     }
 }

@@ -200,7 +200,6 @@ impl<S: Storage> RawNode<S> {
         for &id in &ids {
             r.apply_conf_change(ConfChange::AddVoter(id));
         }
-        r.stats.conf_changes_invalid = 0;
         Ok(node)
     }
 
@@ -285,7 +284,7 @@ impl<S: Storage> RawNode<S> {
         !self.released.is_empty()
             || !r.msgs.is_empty()
             || !r.read_states.is_empty()
-            || r.has_queued_reads()
+            || r.has_pending_flush()
             || r.log.has_next_unstable()
             || r.log.has_next_committed()
             || r.hard_state() != self.prev_hard
@@ -299,7 +298,7 @@ impl<S: Storage> RawNode<S> {
     pub fn ready(&mut self) -> Ready {
         assert!(self.outstanding.is_none(), "ready() called before advancing Ready {}", self.ready_number);
         let r = &mut self.raft;
-        r.flush_reads();
+        r.flush();
         self.ready_number += 1;
         let entries = r.log.next_unstable_entries().to_vec();
         let snapshot = r.log.next_unstable_snapshot().cloned();

@@ -200,7 +200,10 @@ impl MemStorage {
 
     /// Installs a snapshot received from the leader, discarding the whole log.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) {
-        if snapshot.meta.index <= self.snapshot.meta.index {
+        // An older snapshot, or the same one again, changes nothing. One at the same
+        // index with another term replaces ours: the leader's is authoritative.
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        if index < self.snapshot.meta.index || (index == self.snapshot.meta.index && term == self.snapshot.meta.term) {
             return;
         }
         self.hard_state.commit = self.hard_state.commit.max(snapshot.meta.index);

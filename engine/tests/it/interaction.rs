@@ -16,7 +16,7 @@
 //!   `transfer-leadership from=ID to=ID`, `report-unreachable ID TARGET`,
 //!   `report-snapshot ID TARGET ok|fail`.
 //! - `tick ID [n=N]`, `tick-heartbeat ID`, `tick-election ID` (ticks until the member
-//!   starts a campaign, or for two election timeouts).
+//!   starts a campaign, or for two election timeouts, and says how many it took).
 //! - `process-ready ID...`: prints each Ready and handles it fully (persist, queue
 //!   messages, apply, advance; in `async` mode the write stays pending).
 //! - `persist ID [upto=N]`: completes pending writes of an `async` member.
@@ -197,13 +197,13 @@ impl Env {
                 let n = self.node(id);
                 let start = n.raw.stats().campaigns;
                 let limit = 2 * n.raw.status().election_timeout_ticks;
-                for _ in 0..limit {
+                for k in 1..=limit {
                     n.raw.tick();
                     if n.raw.stats().campaigns != start {
-                        break;
+                        return format!("campaigned after {k} ticks");
                     }
                 }
-                String::new()
+                format!("no campaign within {limit} ticks")
             }
             "process-ready" => {
                 let mut out = String::new();

@@ -33,5 +33,23 @@ macro_rules! scripts {
 }
 
 scripts! {
+    async_persist,
+    backtracking,
+    bad_input,
+    bootstrap,
     campaign,
+    check_quorum,
+    confchange,
+    election_timeout,
+    election_timer,
+    figure8,
+    forwarding,
+    lease_read,
+    overload,
+    prevote,
+    read_index,
+    replication,
+    restart,
+    snapshot,
+    transfer,
 }
