@@ -18,6 +18,11 @@ use crate::types::{
     Snapshot, SoftState, Term, decode_election_timeout,
 };
 
+/// Largest term or index a message may carry. No real log or term sequence gets near
+/// 2^62; refusing larger values keeps `index + 1` and `term + 1` from ever overflowing
+/// on input a peer controls.
+const POSITION_MAX: u64 = 1 << 62;
+
 /// Heartbeat rounds kept while unacknowledged and carrying no reads: enough to span an
 /// election timeout of heartbeats, after which CheckQuorum settles the matter anyway.
 const READ_ROUNDS_IDLE_MAX: usize = 64;
@@ -598,22 +603,36 @@ impl<S: Storage> Raft<S> {
             m.body,
             MessageBody::Propose { .. } | MessageBody::ReadIndex { .. } | MessageBody::TransferLeader { .. }
         );
-        if relayed != (m.term == 0) {
+        if relayed != (m.term == 0) || m.term > POSITION_MAX {
             return true;
         }
+        let big = |x: u64| x > POSITION_MAX;
         match &m.body {
-            MessageBody::Append { prev_index, prev_term, entries, .. } => {
+            MessageBody::Append { prev_index, prev_term, commit, entries } => {
+                if big(*prev_index) || big(*prev_term) || big(*commit) {
+                    return true;
+                }
                 let mut term = *prev_term;
                 for (expect, e) in (*prev_index + 1..).zip(entries) {
-                    if e.index != expect || e.term < term || e.term > m.term {
+                    if e.index != expect || e.term < term || e.term > m.term || big(e.index) {
                         return true;
                     }
                     term = e.term;
                 }
                 false
             }
+            MessageBody::AppendResponse { index, hint_index, hint_term, .. } => {
+                big(*index) || big(*hint_index) || big(*hint_term)
+            }
+            MessageBody::Heartbeat { commit, .. } => big(*commit),
+            MessageBody::Vote { last_index, last_term, .. } => big(*last_index) || big(*last_term),
+            MessageBody::ReadIndexResponse { index, .. } => big(*index),
             MessageBody::Snapshot { snapshot } => {
-                snapshot.is_empty() || snapshot.meta.term == 0 || !snapshot.meta.conf_state.is_well_formed()
+                snapshot.is_empty()
+                    || snapshot.meta.term == 0
+                    || big(snapshot.meta.index)
+                    || big(snapshot.meta.term)
+                    || !snapshot.meta.conf_state.is_well_formed()
             }
             _ => false,
         }
@@ -788,6 +807,11 @@ impl<S: Storage> Raft<S> {
                 }
                 self.maybe_send_append(from, true);
             }
+            return;
+        }
+        if index > last {
+            // A follower cannot hold entries of this term that the leader never had.
+            self.stats.msgs_malformed += 1;
             return;
         }
         // An acknowledgement opens the window; what it lets through goes out at the next

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod datadriven;
+mod garbage;
 mod interaction;
 mod scripts;
 mod sim;
