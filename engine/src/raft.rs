@@ -692,9 +692,13 @@ impl<S: Storage> Raft<S> {
                         MessageBody::AppendResponse { index: 0, reject: false, hint_index: 0, hint_term: 0 },
                     );
                 }
-                // Answer a stale pre-candidate so it stops and learns our term.
-                MessageBody::Vote { pre: true, .. } => {
-                    self.send(m.from, self.term, MessageBody::VoteResponse { pre: true, reject: true });
+                // Answer a stale (pre-)candidate with a rejection at our term, so it
+                // learns the term (Raft Figure 2: RequestVote replies carry
+                // currentTerm). etcd ignores stale vote requests; then a candidate that
+                // nobody else talks to — one that a voter's stale configuration lists
+                // as a learner, say — stays behind forever and the cluster cannot elect.
+                MessageBody::Vote { pre, .. } => {
+                    self.send(m.from, self.term, MessageBody::VoteResponse { pre, reject: true });
                 }
                 _ => {}
             }

@@ -51,5 +51,6 @@ scripts! {
     replication,
     restart,
     snapshot,
+    stale_candidate,
     transfer,
 }
