@@ -44,9 +44,24 @@
 //! ## Storage
 //!
 //! The engine reads the stable log through [`Storage`]; the caller writes it (appending
-//! entries once written, installing snapshots, compacting below applied snapshots).
-//! Entries handed out but not yet reported durable stay readable from the engine's own
-//! unstable buffer.
+//! entries once written, installing snapshots, compacting). Entries handed out but not
+//! yet reported durable stay readable from the engine's own unstable buffer.
+//!
+//! ## Other obligations
+//!
+//! - **Compaction**: snapshot and compact only at an index that is both applied and
+//!   durable, and take its term from [`RawNode::log_term`] — after a snapshot was
+//!   received, the disk may still hold a different, older entry at that index until
+//!   the snapshot itself is durable.
+//! - **Snapshots sent**: report every snapshot message's fate with
+//!   [`RawNode::report_snapshot`] (success or failure); until then the leader sends that
+//!   peer nothing else.
+//! - **Unreachable peers**: call [`RawNode::report_unreachable`] when a message could
+//!   not be delivered, so the leader stops streaming optimistically to that peer.
+//! - **Time**: tick at a fixed interval; with [`ReadMode::Lease`], tick once for every
+//!   interval that elapsed, also after a stall, or the lease outlives its guarantee.
+//! - **Membership**: call [`RawNode::apply_conf_change`] while applying each committed
+//!   [`EntryKind::ConfChange`] entry, before applying the entries after it.
 //!
 //! # Layout
 //!

@@ -236,12 +236,16 @@ impl Storage for MemStorage {
         }
         let mut total = 0u64;
         let start = (lo - offset) as usize;
-        for e in self.entries.range(start, (hi - offset) as usize) {
-            total += e.size_bytes();
-            if total > max_bytes && e.index != lo {
-                break;
+        let end = (hi - offset) as usize;
+        out.reserve(end - start);
+        for slice in self.entries.slices(start, end) {
+            for e in slice {
+                total += e.size_bytes();
+                if total > max_bytes && e.index != lo {
+                    return Ok(());
+                }
+                out.push(e.clone());
             }
-            out.push(e.clone());
         }
         Ok(())
     }
@@ -318,7 +322,7 @@ impl Chunked {
     /// Appends all of `ents`, moving them chunk by chunk.
     fn extend(&mut self, mut ents: Vec<Entry>) {
         self.len += ents.len();
-        let mut rest = ents.as_mut_slice().len();
+        let mut rest = ents.len();
         let mut src = ents.drain(..);
         while rest > 0 {
             let room = match self.chunks.back() {
@@ -369,18 +373,26 @@ impl Chunked {
         self.len = 0;
     }
 
-    /// Entries `[lo, hi)`, walked a chunk slice at a time.
-    fn range(&self, lo: usize, hi: usize) -> impl Iterator<Item = &Entry> {
+    /// Entries `[lo, hi)` as contiguous slices, one per chunk they span.
+    fn slices(&self, lo: usize, hi: usize) -> impl Iterator<Item = &[Entry]> {
         let hi = hi.min(self.len);
         let lo = lo.min(hi);
         let (c0, o0) = self.locate(lo);
         let mut remaining = hi - lo;
-        self.chunks.range(c0.min(self.chunks.len())..).enumerate().flat_map(move |(k, chunk)| {
+        self.chunks.range(c0.min(self.chunks.len())..).enumerate().map_while(move |(k, chunk)| {
+            if remaining == 0 {
+                return None;
+            }
             let start = if k == 0 { o0 } else { 0 };
             let n = (chunk.len() - start).min(remaining);
             remaining -= n;
-            chunk[start..start + n].iter()
+            Some(&chunk[start..start + n])
         })
+    }
+
+    /// Entries `[lo, hi)`, one at a time.
+    fn range(&self, lo: usize, hi: usize) -> impl Iterator<Item = &Entry> {
+        self.slices(lo, hi).flatten()
     }
 }
 
