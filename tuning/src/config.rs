@@ -1,0 +1,545 @@
+//! The node's configuration: one TOML file whose every key is also a command-line flag
+//! (a flag overrides the file). Each field documents its default and bounds;
+//! [`NodeConfig::validate`] checks them and names the fix when one is wrong.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::topology::Topology;
+
+/// Default client (RESP) address: Redis's port, loopback.
+pub const CLIENT_ADDR_DEFAULT: &str = "127.0.0.1:6379";
+/// Default admin (HTTP) address: loopback only, so metrics and operations are not
+/// exposed unless the operator decides to.
+pub const ADMIN_ADDR_DEFAULT: &str = "127.0.0.1:7379";
+/// etcd's default tick: heartbeats every 100 ms, elections after 1 s.
+pub const TICK_MS_DEFAULT: u64 = 100;
+/// Longest tick accepted: beyond 10 s an election takes minutes.
+pub const TICK_MS_MAX: u64 = 10_000;
+/// Largest frame accepted on a peer connection: a full append (1 MiB of entries by
+/// default) plus headers fits many times over, and a snapshot chunk fits.
+pub const FRAME_BYTES_MAX_DEFAULT: u64 = 16 << 20;
+/// WAL segments: large enough that rotation is rare, small enough to recycle quickly.
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Smallest WAL segment: one of the largest appends must fit with room to spare.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 4 << 20;
+/// Log bytes since the last snapshot that trigger a new one.
+pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 64 << 20;
+/// Client connections per node before new ones are refused.
+pub const MAX_CLIENTS_DEFAULT: usize = 10_000;
+/// Proposals waiting to commit before clients get an overload error.
+pub const MAX_PENDING_PROPOSALS_DEFAULT: usize = 65_536;
+/// Reads waiting for their read index before clients get an overload error.
+pub const MAX_PENDING_READS_DEFAULT: usize = 65_536;
+/// How long a request waits for a leader (or for its commit) before the client is
+/// told to try again.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// An fdatasync slower than this is logged with the histogram to read.
+pub const FSYNC_WARN_MS_DEFAULT: u64 = 100;
+/// An apply batch slower than this is logged with the histogram to read.
+pub const APPLY_WARN_MS_DEFAULT: u64 = 100;
+
+/// How linearizable reads are confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadModeSetting {
+    /// ReadIndex: a heartbeat round per batch of reads.
+    #[default]
+    Safe,
+    /// Leader lease (requires `check_quorum`).
+    Lease,
+}
+
+/// A node's configuration. Keys are the TOML keys and the flag names (`--key`, with
+/// `_` written as `-`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: a key of `cluster`. Required.
+    pub id: u64,
+    /// Every member's peer address, this node's included (it listens on its own):
+    /// `"1=10.0.0.1:7001,2=10.0.0.2:7001"`, or a table `{ 1 = "10.0.0.1:7001" }`.
+    /// Required.
+    #[serde(deserialize_with = "de_members")]
+    pub cluster: BTreeMap<u64, String>,
+    /// Name of the cluster; nodes and data directories of another cluster are refused.
+    /// Default "skiff".
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// RESP listen address. Default 127.0.0.1:6379.
+    #[serde(default = "default_client_addr")]
+    pub client_addr: String,
+    /// Admin HTTP listen address. Default 127.0.0.1:7379 (loopback).
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: String,
+    /// Where the WAL, snapshots and the identity file live. Required.
+    pub data_dir: PathBuf,
+    /// CPU to pin the shard to. Default: unpinned.
+    #[serde(default)]
+    pub cpu: Option<u32>,
+    /// NUMA node the CPU must belong to (checked). Default: unchecked.
+    #[serde(default)]
+    pub numa_node: Option<u32>,
+    /// Milliseconds per Raft tick. Default 100; 1..=10000.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Heartbeat interval in ticks. Default 1.
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: u32,
+    /// Election timeout in ticks. Default 10; must exceed `heartbeat_ticks`.
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: u32,
+    /// PreVote before elections. Default true.
+    #[serde(default = "default_true")]
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum; followers ignore disruptive votes.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub check_quorum: bool,
+    /// "safe" (ReadIndex) or "lease". Default "safe".
+    #[serde(default)]
+    pub read_mode: ReadModeSetting,
+    /// Bytes of entries per append message. Default 1 MiB.
+    #[serde(default = "default_max_size_per_msg")]
+    pub max_size_per_msg: u64,
+    /// Appends in flight per peer. Default 512.
+    #[serde(default = "default_max_inflight_msgs")]
+    pub max_inflight_msgs: usize,
+    /// Largest frame accepted from a peer. Default 16 MiB; must exceed
+    /// `max_size_per_msg`.
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: u64,
+    /// WAL segment size in bytes. Default 64 MiB; at least 4 MiB, a multiple of 4 KiB.
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
+    /// Log bytes since the last snapshot that trigger a new one. Default 64 MiB.
+    #[serde(default = "default_snapshot_log_bytes")]
+    pub snapshot_log_bytes: u64,
+    /// Client connections accepted at once. Default 10000.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Proposals waiting to commit. Default 65536.
+    #[serde(default = "default_max_pending_proposals")]
+    pub max_pending_proposals: usize,
+    /// Reads waiting for their read index. Default 65536.
+    #[serde(default = "default_max_pending_reads")]
+    pub max_pending_reads: usize,
+    /// How long a request may wait (for a leader, or to commit). Default 5000 ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Warn when an fdatasync takes longer. Default 100 ms.
+    #[serde(default = "default_fsync_warn_ms")]
+    pub fsync_warn_ms: u64,
+    /// Warn when applying one batch takes longer. Default 100 ms.
+    #[serde(default = "default_apply_warn_ms")]
+    pub apply_warn_ms: u64,
+}
+
+fn default_cluster_name() -> String {
+    "skiff".into()
+}
+fn default_client_addr() -> String {
+    CLIENT_ADDR_DEFAULT.into()
+}
+fn default_admin_addr() -> String {
+    ADMIN_ADDR_DEFAULT.into()
+}
+fn default_tick_ms() -> u64 {
+    TICK_MS_DEFAULT
+}
+fn default_heartbeat_ticks() -> u32 {
+    1
+}
+fn default_election_ticks() -> u32 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_size_per_msg() -> u64 {
+    1 << 20
+}
+fn default_max_inflight_msgs() -> usize {
+    512
+}
+fn default_frame_bytes_max() -> u64 {
+    FRAME_BYTES_MAX_DEFAULT
+}
+fn default_wal_segment_bytes() -> u64 {
+    WAL_SEGMENT_BYTES_DEFAULT
+}
+fn default_snapshot_log_bytes() -> u64 {
+    SNAPSHOT_LOG_BYTES_DEFAULT
+}
+fn default_max_clients() -> usize {
+    MAX_CLIENTS_DEFAULT
+}
+fn default_max_pending_proposals() -> usize {
+    MAX_PENDING_PROPOSALS_DEFAULT
+}
+fn default_max_pending_reads() -> usize {
+    MAX_PENDING_READS_DEFAULT
+}
+fn default_request_timeout_ms() -> u64 {
+    REQUEST_TIMEOUT_MS_DEFAULT
+}
+fn default_fsync_warn_ms() -> u64 {
+    FSYNC_WARN_MS_DEFAULT
+}
+fn default_apply_warn_ms() -> u64 {
+    APPLY_WARN_MS_DEFAULT
+}
+
+/// Parses `"1=host:port,2=host:port"`.
+pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("cluster member {part:?} is not ID=HOST:PORT (for example 1=10.0.0.1:7001)"))?;
+        let id: u64 =
+            id.trim().parse().map_err(|_| format!("cluster member id {:?} is not a positive integer", id.trim()))?;
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("cluster member id {id} appears twice; give each member its own id"));
+        }
+    }
+    Ok(out)
+}
+
+fn de_members<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Spec {
+        Text(String),
+        Table(BTreeMap<String, String>),
+    }
+    match Spec::deserialize(d)? {
+        Spec::Text(t) => parse_members(&t).map_err(serde::de::Error::custom),
+        Spec::Table(t) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in t {
+                let id: u64 = k.parse().map_err(|_| {
+                    serde::de::Error::custom(format!("cluster member id {k:?} is not a positive integer"))
+                })?;
+                out.insert(id, v);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(s: impl Into<String>) -> ConfigError {
+    ConfigError(s.into())
+}
+
+/// Resolves `HOST:PORT` (an IP address or a resolvable name) to socket addresses.
+pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| err(format!("{what} {addr:?} is not HOST:PORT (for example 127.0.0.1:7001)")))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(err(format!("{what} {addr:?} is not HOST:PORT with a port from 0 to 65535")));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| {
+            err(format!(
+                "{what} {addr:?}: cannot resolve {host:?} ({e}); use an IP address or a name this host resolves"
+            ))
+        })?
+        .next()
+        .ok_or_else(|| err(format!("{what} {addr:?}: {host:?} resolves to no address")))
+}
+
+/// Reads the file (if any), applies `overrides` (flags) on top, and parses the result.
+/// Does not validate: call [`NodeConfig::validate`].
+pub fn load(file: Option<&Path>, overrides: toml::Table) -> Result<NodeConfig, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+            text.parse::<toml::Table>().map_err(|e| err(format!("config file {}: {e}", path.display())))?
+        }
+        None => toml::Table::new(),
+    };
+    for (k, v) in overrides {
+        table.insert(k, v);
+    }
+    toml::Value::Table(table).try_into::<NodeConfig>().map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("missing field") {
+            err(format!("{} (set it in the config file or with the flag of the same name)", msg.trim()))
+        } else if msg.contains("unknown field") {
+            err(format!("{} (check the spelling; `skiff serve --help` lists every key)", msg.trim()))
+        } else {
+            err(msg.trim().to_string())
+        }
+    })
+}
+
+impl NodeConfig {
+    /// This node's peer listen address (its own entry in `cluster`).
+    pub fn peer_addr(&self) -> Option<&str> {
+        self.cluster.get(&self.id).map(String::as_str)
+    }
+
+    /// Checks every bound and cross-field rule against the machine's `topology`. The
+    /// error names the key, what is wrong and what to do.
+    pub fn validate(&self, topology: &Topology) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(err("id must be a positive integer (0 means \"no node\")"));
+        }
+        if self.cluster.is_empty() {
+            return Err(err(
+                "cluster lists no members; give every member's peer address, e.g. --cluster 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001",
+            ));
+        }
+        if self.cluster.contains_key(&0) {
+            return Err(err("cluster: member id 0 is not allowed; ids are positive integers"));
+        }
+        if !self.cluster.contains_key(&self.id) {
+            let ids: Vec<String> = self.cluster.keys().map(u64::to_string).collect();
+            return Err(err(format!(
+                "id {} is not a member of cluster (members: {}); add this node's peer address to cluster or fix id",
+                self.id,
+                ids.join(", ")
+            )));
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.len() > 64 {
+            return Err(err("cluster_name must be 1 to 64 characters"));
+        }
+        let mut seen: BTreeMap<SocketAddr, u64> = BTreeMap::new();
+        for (&id, addr) in &self.cluster {
+            let a = resolve(&format!("cluster member {id} address"), addr)?;
+            if a.port() == 0 {
+                return Err(err(format!("cluster member {id} address {addr:?} has port 0; peers need a fixed port")));
+            }
+            if let Some(other) = seen.insert(a, id) {
+                return Err(err(format!("cluster members {other} and {id} share the address {a}; give each its own")));
+            }
+        }
+        let peer = resolve("peer address", self.peer_addr().expect("checked above"))?;
+        let client = resolve("client_addr", &self.client_addr)?;
+        let admin = resolve("admin_addr", &self.admin_addr)?;
+        if client == peer || admin == peer || (client == admin && client.port() != 0) {
+            return Err(err(format!(
+                "client_addr ({client}), admin_addr ({admin}) and this node's peer address ({peer}) must all differ"
+            )));
+        }
+        if let Some(cpu) = self.cpu {
+            let Some(c) = topology.cpu(cpu) else {
+                return Err(err(format!(
+                    "cpu {cpu} is not an online CPU of this machine (online: {}); pick one of those or leave cpu unset",
+                    topology.describe()
+                )));
+            };
+            if let Some(n) = self.numa_node
+                && c.numa_node != n
+            {
+                return Err(err(format!(
+                    "cpu {cpu} is on NUMA node {}, not numa_node {n}; pick a CPU of node {n} ({})",
+                    c.numa_node,
+                    topology.describe()
+                )));
+            }
+        }
+        if let Some(n) = self.numa_node
+            && !topology.numa_nodes().contains(&n)
+        {
+            return Err(err(format!("numa_node {n} has no online CPUs (online: {})", topology.describe())));
+        }
+        if self.tick_ms == 0 || self.tick_ms > TICK_MS_MAX {
+            return Err(err(format!("tick_ms ({}) must be between 1 and {TICK_MS_MAX}", self.tick_ms)));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(err("heartbeat_ticks must be at least 1"));
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(err(format!(
+                "election_ticks ({}) must be greater than heartbeat_ticks ({}); 10x is usual",
+                self.election_ticks, self.heartbeat_ticks
+            )));
+        }
+        if self.read_mode == ReadModeSetting::Lease && !self.check_quorum {
+            return Err(err(
+                "read_mode = \"lease\" requires check_quorum = true (a deposed leader would keep serving reads)",
+            ));
+        }
+        if self.max_size_per_msg == 0 {
+            return Err(err("max_size_per_msg must be at least 1"));
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err(err("max_inflight_msgs must be at least 1"));
+        }
+        if self.frame_bytes_max < self.max_size_per_msg + 64 * 1024 {
+            return Err(err(format!(
+                "frame_bytes_max ({}) must exceed max_size_per_msg ({}) by at least 64 KiB of headers",
+                self.frame_bytes_max, self.max_size_per_msg
+            )));
+        }
+        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN || !self.wal_segment_bytes.is_multiple_of(4096) {
+            return Err(err(format!(
+                "wal_segment_bytes ({}) must be at least {WAL_SEGMENT_BYTES_MIN} and a multiple of 4096",
+                self.wal_segment_bytes
+            )));
+        }
+        if self.wal_segment_bytes < 2 * self.max_size_per_msg {
+            return Err(err("wal_segment_bytes must be at least twice max_size_per_msg so one append always fits"));
+        }
+        if self.snapshot_log_bytes == 0 {
+            return Err(err("snapshot_log_bytes must be at least 1"));
+        }
+        for (key, v) in [
+            ("max_clients", self.max_clients),
+            ("max_pending_proposals", self.max_pending_proposals),
+            ("max_pending_reads", self.max_pending_reads),
+        ] {
+            if v == 0 {
+                return Err(err(format!("{key} must be at least 1")));
+            }
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(err("request_timeout_ms must be at least 1"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir is empty; give the directory for the WAL and snapshots"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Cpu;
+
+    fn topo() -> Topology {
+        Topology {
+            cpus: vec![
+                Cpu { id: 0, core: 0, package: 0, numa_node: 0 },
+                Cpu { id: 1, core: 1, package: 0, numa_node: 0 },
+                Cpu { id: 2, core: 0, package: 1, numa_node: 1 },
+            ],
+        }
+    }
+
+    fn base() -> toml::Table {
+        r#"
+            id = 1
+            cluster = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+            data_dir = "/var/lib/skiff"
+        "#
+        .parse()
+        .unwrap()
+    }
+
+    fn with(extra: &str) -> Result<NodeConfig, ConfigError> {
+        let mut t = base();
+        for (k, v) in extra.parse::<toml::Table>().unwrap() {
+            t.insert(k, v);
+        }
+        load(None, t)
+    }
+
+    #[test]
+    fn defaults_fill_in_and_validate() {
+        let c = with("").unwrap();
+        assert_eq!(c.tick_ms, TICK_MS_DEFAULT);
+        assert_eq!(c.client_addr, CLIENT_ADDR_DEFAULT);
+        assert_eq!(c.peer_addr(), Some("127.0.0.1:7001"));
+        assert_eq!(c.validate(&topo()), Ok(()));
+    }
+
+    #[test]
+    fn members_as_a_table_too() {
+        let c = load(
+            None,
+            r#"
+                id = 2
+                data_dir = "d"
+                [cluster]
+                1 = "127.0.0.1:7001"
+                2 = "127.0.0.1:7002"
+            "#
+            .parse()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.len(), 2);
+        assert_eq!(c.validate(&topo()), Ok(()));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skiff.toml");
+        std::fs::write(&path, "id = 1\ncluster = \"1=127.0.0.1:7001\"\ndata_dir = \"x\"\ntick_ms = 50\n").unwrap();
+        let mut flags = toml::Table::new();
+        flags.insert("tick_ms".into(), toml::Value::Integer(20));
+        let c = load(Some(&path), flags).unwrap();
+        assert_eq!(c.tick_ms, 20);
+    }
+
+    /// Every rejection names the offending key (or value) in its message.
+    #[test]
+    fn each_bad_value_is_refused_with_its_name() {
+        let cases: &[(&str, &str)] = &[
+            ("id = 0", "id"),
+            ("id = 9", "not a member of cluster"),
+            ("cluster = \"1=127.0.0.1:7001,2=127.0.0.1:7001\"", "share the address"),
+            ("cluster = \"1=127.0.0.1\"", "HOST:PORT"),
+            ("cluster = \"1=no-such-host.invalid:1\"", "cannot resolve"),
+            ("cluster = \"1=127.0.0.1:7001,1=127.0.0.1:7002\"", "appears twice"),
+            ("cluster = \"x=127.0.0.1:7001\"", "not a positive integer"),
+            ("client_addr = \"127.0.0.1:7001\"", "must all differ"),
+            ("admin_addr = \"nonsense\"", "admin_addr"),
+            ("cpu = 7", "cpu 7"),
+            ("cpu = 2\nnuma_node = 0", "NUMA node 1"),
+            ("numa_node = 5", "numa_node 5"),
+            ("tick_ms = 0", "tick_ms"),
+            ("election_ticks = 1", "election_ticks"),
+            ("read_mode = \"lease\"\ncheck_quorum = false", "check_quorum"),
+            ("frame_bytes_max = 1000", "frame_bytes_max"),
+            ("wal_segment_bytes = 5000", "wal_segment_bytes"),
+            ("max_clients = 0", "max_clients"),
+            ("request_timeout_ms = 0", "request_timeout_ms"),
+        ];
+        for (extra, needle) in cases {
+            let e = with(extra).and_then(|c| c.validate(&topo())).expect_err(extra);
+            assert!(e.0.contains(needle), "{extra}: error {:?} does not mention {needle:?}", e.0);
+        }
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_and_bad_types_are_reported() {
+        let e = with("colour = \"blue\"").unwrap_err();
+        assert!(e.0.contains("colour") && e.0.contains("spelling"), "{e}");
+        let e = load(None, "id = 1\ndata_dir = \"x\"".parse().unwrap()).unwrap_err();
+        assert!(e.0.contains("cluster") && e.0.contains("flag"), "{e}");
+        let e = with("tick_ms = \"fast\"").unwrap_err();
+        assert!(e.0.contains("tick_ms") || e.0.contains("invalid type"), "{e}");
+        let e = with("read_mode = \"sometimes\"").unwrap_err();
+        assert!(e.0.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_or_broken_files_name_the_file() {
+        let e = load(Some(Path::new("/nonexistent/skiff.toml")), toml::Table::new()).unwrap_err();
+        assert!(e.0.contains("/nonexistent/skiff.toml"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "id = = 1").unwrap();
+        let e = load(Some(&path), toml::Table::new()).unwrap_err();
+        assert!(e.0.contains("bad.toml"), "{e}");
+    }
+}
