@@ -222,7 +222,20 @@ impl FileSystem for DmaFs {
     }
 
     async fn create(&self, path: &Path) -> io::Result<DmaSegmentFile> {
-        self.open_with(path, true).await
+        // glommio decides once per device whether its polled ring works by reading
+        // block 0 of the first file it opens; an empty file answers that read without
+        // touching the device, so glommio would wrongly enable polling and every later
+        // read would fail with EOPNOTSUPP on devices without poll queues (virtio-blk).
+        // Giving the new file one written block first makes the probe real.
+        {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            f.write_all_at(&[0u8; crate::format::BLOCK_BYTES], 0)?;
+            f.sync_data()?;
+        }
+        self.open_with(path, false).await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -624,6 +624,20 @@ fn lookahead(
     damage: Option<&str>,
 ) -> Result<u64, WalError> {
     let mut zero_to = end as u64;
+    if damage.is_some() {
+        // The torn write itself: contiguous non-zero blocks from the end. Zeroing them
+        // keeps the next recovery from reporting the same tear again after new data.
+        let mut off = end;
+        while off < data.len() {
+            let block = &data[off..(off + BLOCK_BYTES).min(data.len())];
+            let stale = BatchHeader::decode(block).is_some_and(|h| h.segment_seq != seq);
+            if stale || block.iter().all(|&b| b == 0) {
+                break;
+            }
+            off += BLOCK_BYTES;
+        }
+        zero_to = (off.min(data.len())) as u64;
+    }
     let mut off = end;
     while off < data.len() {
         if let Some(h) = BatchHeader::decode(&data[off..])

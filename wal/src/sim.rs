@@ -342,6 +342,11 @@ impl SimFs {
         d.durable_names.insert(path.to_path_buf(), ino);
     }
 
+    /// Creates a directory (a test preparing a data dir by hand).
+    pub fn create_dir_for_test(&self, dir: &Path) {
+        self.disk.borrow_mut().dirs.insert(dir.to_path_buf());
+    }
+
     /// Content of every file in `dir` as it reads now.
     pub fn files_in(&self, dir: &Path) -> Vec<(String, Vec<u8>)> {
         self.disk.borrow().files_in(dir)

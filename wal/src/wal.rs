@@ -1051,6 +1051,9 @@ impl<F: FileSystem> Wal<F> {
         let mut st = self.inner.st.borrow_mut();
         if let Some(c) = st.completions.pop_front() {
             st.reported_seq = c.seq;
+            drop(st);
+            // Taking a completion can make room for a waiting submit.
+            self.inner.wake(&[Slot::Room]);
             return Ok(Some(c));
         }
         match &st.stopped {
