@@ -14,7 +14,8 @@
 //! | H4  | all-zero header after the last active segment                    | spare: remove (it may hold a torn first write) |
 //! | H5  | damaged header after the last active segment                     | torn activation: remove, unless H5x |
 //! | H5x | ... and it holds an intact batch `>= expected + APPENDS_IN_FLIGHT_MAX` | corruption at offset 0 |
-//! | H6  | zero or damaged header before an active segment                  | corruption at offset 0 |
+//! | H6  | zero or damaged header between active segments                   | corruption at offset 0 |
+//! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
 //! | B1  | intact batch (header CRC, seq = expected, every record CRC)      | apply its records |
 //! | B2  | zero block or end of file                                        | end of this segment's data |
@@ -89,6 +90,8 @@ pub struct Plan {
     pub torn_activation: Option<u64>,
     /// Spares to remove (row H4).
     pub spares: Vec<u64>,
+    /// Released segments caught before their recycling or removal finished (row H8).
+    pub released: Vec<u64>,
 }
 
 fn corruption(dir: &Path, seq: u64, offset: u64, reason: impl Into<String>) -> WalError {
@@ -109,6 +112,9 @@ pub fn plan(
     let last_valid = headers
         .iter()
         .rposition(|(_, h)| matches!(h, HeaderRead::Valid(_)));
+    let first_valid = headers
+        .iter()
+        .position(|(_, h)| matches!(h, HeaderRead::Valid(_)));
     for (i, (seq, h)) in headers.iter().enumerate() {
         match h {
             HeaderRead::UnknownVersion(v) => {
@@ -165,6 +171,12 @@ pub fn plan(
                     ));
                 }
                 plan.active.push(*hdr);
+            }
+            HeaderRead::Spare | HeaderRead::Invalid if first_valid.is_some_and(|fv| i < fv) => {
+                // Row H8: compaction releases segments from the front only, and
+                // recycling zeroes a header before the rename is durable; row F1
+                // still refuses if the log needed this segment.
+                plan.released.push(*seq);
             }
             HeaderRead::Spare | HeaderRead::Invalid => {
                 if last_valid.is_some_and(|lv| i < lv) {
@@ -469,7 +481,7 @@ impl Replay {
         Ok(())
     }
 
-    /// Records spares to remove (row H4).
+    /// Records spares (row H4) or released leftovers (row H8) to remove.
     pub fn spares(&mut self, seqs: &[u64]) {
         self.out.remove.extend_from_slice(seqs);
     }
@@ -695,6 +707,7 @@ pub fn recover_files(
         replay.torn_activation(seq, content(seq))?;
     }
     replay.spares(&plan.spares);
+    replay.spares(&plan.released);
     replay.finish()
 }
 

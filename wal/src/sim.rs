@@ -120,7 +120,11 @@ impl SimDisk {
         d
     }
 
-    fn apply(&mut self, op: &TraceOp) {
+    /// Applies one traced operation (the disk as it would be right after it).
+    ///
+    /// # Panics
+    /// If the op does not fit the disk (it did not come from this disk's trace).
+    pub fn apply(&mut self, op: &TraceOp) {
         match op {
             TraceOp::Create { path, inode } => {
                 assert_eq!(*inode, self.inodes.len(), "replay: inode numbering");

@@ -680,6 +680,7 @@ impl<F: FileSystem + 'static> Wal<F> {
             replay.torn_activation(seq, &data)?;
         }
         replay.spares(&plan.spares);
+        replay.spares(&plan.released);
         let rec = replay.finish()?;
 
         let mut removed = 0;

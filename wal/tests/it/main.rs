@@ -2,5 +2,7 @@
 
 mod basic;
 mod common;
+mod crash_states;
 mod faults;
+mod recovery_table;
 mod torn_tail;
