@@ -4,5 +4,6 @@ mod basic;
 mod common;
 mod crash_states;
 mod faults;
+mod kill;
 mod recovery_table;
 mod torn_tail;
