@@ -199,6 +199,10 @@ struct State<F: FileSystem> {
     // Segments.
     spares: VecDeque<(u64, Rc<F::File>)>,
     spare_error: Option<String>,
+    /// The spare target was reached once: from then on new zeroed segments are only
+    /// made when no spare is left, and otherwise spares come from recycling, so that
+    /// a node that compacts regularly never pays for zeroing a segment twice.
+    spares_filled: bool,
     next_spare_seq: u64,
     /// Appends carrying a compaction or install: (seq, segment it is in).
     releases: VecDeque<(u64, u64)>,
@@ -456,11 +460,16 @@ async fn syncer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
 
 async fn housekeeper_task<F: FileSystem>(inner: Rc<Inner<F>>) {
     loop {
+        let need_spare = |st: &State<F>| {
+            st.spare_error.is_none()
+                && st.spares.len() < inner.opts.spare_segments
+                && (!st.spares_filled || st.spares.is_empty() || !st.released.is_empty())
+        };
         inner
             .wait(Slot::House, |st| {
                 st.stopped.is_some()
                     || st.closing
-                    || (st.spares.len() < inner.opts.spare_segments && st.spare_error.is_none())
+                    || need_spare(st)
                     || st.released.len() > inner.opts.spare_segments
             })
             .await;
@@ -469,7 +478,7 @@ async fn housekeeper_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             (
                 st.stopped.is_some() || st.closing,
                 st.released.front().copied(),
-                st.spares.len() < inner.opts.spare_segments && st.spare_error.is_none(),
+                need_spare(&st),
             )
         };
         if stop {
@@ -490,7 +499,12 @@ async fn housekeeper_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             };
             match made {
                 Ok(file) => {
-                    inner.st.borrow_mut().spares.push_back((seq, Rc::new(file)));
+                    let mut st = inner.st.borrow_mut();
+                    st.spares.push_back((seq, Rc::new(file)));
+                    if st.spares.len() >= inner.opts.spare_segments {
+                        st.spares_filled = true;
+                    }
+                    drop(st);
                     inner.wake(&[Slot::Writer, Slot::Other]);
                     Ok(())
                 }
@@ -765,6 +779,7 @@ impl<F: FileSystem + 'static> Wal<F> {
             active,
             spares: VecDeque::new(),
             spare_error: None,
+            spares_filled: false,
             next_spare_seq,
             releases: VecDeque::new(),
             released: VecDeque::new(),
