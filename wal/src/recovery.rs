@@ -18,7 +18,7 @@
 //! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
 //! | B1  | intact batch (header CRC, seq = expected, every record CRC)      | apply its records |
-//! | B2  | zero block or end of file                                        | end of this segment's data |
+//! | B2  | zero block, end of file, or a stale batch of an older segment seq | end of this segment's data |
 //! | B3  | damaged batch (magic, CRC, seq, segment, length, record CRC)     | end of this segment's data (a tear or damage: see E*) |
 //! | E1  | middle segment ends at batch `n`, next segment starts at `n + 1` | continue with the next segment |
 //! | E2  | middle segment ends anywhere else                                | corruption at the end offset |
