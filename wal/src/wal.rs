@@ -876,6 +876,8 @@ impl<F: FileSystem> Wal<F> {
         if let Some(e) = self.stopped_err() {
             return Err(e);
         }
+        // Checked again: another task may have submitted while this one waited.
+        self.validate(a)?;
         self.encode_and_queue(a)
     }
 
