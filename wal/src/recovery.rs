@@ -720,3 +720,102 @@ pub fn recovered_term(r: &Recovered, index: Index) -> Option<Term> {
         .get(index.checked_sub(r.snapshot.index + 1)? as usize)
         .map(|l| l.term)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: Identity = Identity {
+        cluster_id: 1,
+        shard_id: 2,
+        node_id: 3,
+    };
+
+    fn valid(seq: u64) -> HeaderRead {
+        HeaderRead::Valid(SegmentHeader {
+            identity: ID,
+            segment_seq: seq,
+            first_index: 1,
+            first_batch_seq: 1,
+        })
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/w")
+    }
+
+    #[test]
+    fn plan_sorts_segments_into_active_spare_torn_and_released() {
+        let p = plan(
+            &dir(),
+            ID,
+            &[
+                (1, HeaderRead::Spare),
+                (2, valid(2)),
+                (3, valid(3)),
+                (4, HeaderRead::Invalid),
+                (5, HeaderRead::Spare),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.released, vec![1], "H8");
+        assert_eq!(
+            p.active.iter().map(|h| h.segment_seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(p.torn_activation, Some(4), "H5");
+        assert_eq!(p.spares, vec![5], "H4");
+    }
+
+    #[test]
+    fn plan_refuses_holes_and_damage_between_active_segments() {
+        let e = plan(
+            &dir(),
+            ID,
+            &[(2, valid(2)), (3, HeaderRead::Spare), (4, valid(4))],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, WalError::Corruption { offset: 0, .. }),
+            "H6: {e}"
+        );
+        let e = plan(&dir(), ID, &[(2, valid(2)), (4, valid(4))]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("00000000000000000003.wal is missing"),
+            "H7: {e}"
+        );
+        let e = plan(
+            &dir(),
+            ID,
+            &[
+                (2, valid(2)),
+                (3, HeaderRead::Spare),
+                (4, HeaderRead::Invalid),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, WalError::Corruption { .. }),
+            "a damaged header after a spare: {e}"
+        );
+    }
+
+    #[test]
+    fn plan_reports_operator_errors() {
+        let e = plan(&dir(), ID, &[(1, HeaderRead::UnknownVersion(9))]).unwrap_err();
+        assert!(matches!(e, WalError::BadDataDir { .. }) && e.to_string().contains("version 9"));
+        let other = Identity { node_id: 4, ..ID };
+        let e = plan(&dir(), other, &[(1, valid(1))]).unwrap_err();
+        assert!(
+            e.to_string().contains("node 3") && e.to_string().contains("node 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_directory_recovers_to_an_empty_log() {
+        let r = recover_files(&dir(), ID, 0, &[]).unwrap();
+        assert_eq!((r.last_index(), r.next_batch_seq, r.tail), (0, 1, None));
+    }
+}

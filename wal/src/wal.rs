@@ -1102,3 +1102,45 @@ impl<F: FileSystem> Drop for Wal<F> {
         self.inner.wake_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> WalOptions {
+        WalOptions::new(
+            "/w",
+            Identity {
+                cluster_id: 1,
+                shard_id: 1,
+                node_id: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert!(opts().validate().is_ok());
+        let mut o = opts();
+        o.segment_bytes = SEGMENT_BYTES_MIN + 1;
+        assert!(o.validate().is_err(), "not a multiple of the block size");
+        o.segment_bytes = SEGMENT_BYTES_MIN - BLOCK_BYTES as u64;
+        assert!(o.validate().is_err(), "too small");
+        let mut o = opts();
+        o.spare_segments = 0;
+        assert!(o.validate().is_err());
+        o.spare_segments = SPARE_SEGMENTS_MAX + 1;
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn a_batch_never_exceeds_a_segment_or_the_global_bound() {
+        let mut o = opts();
+        assert_eq!(o.batch_bytes_max(), BATCH_BYTES_MAX);
+        o.segment_bytes = SEGMENT_BYTES_MIN;
+        assert_eq!(
+            o.batch_bytes_max() as u64,
+            SEGMENT_BYTES_MIN - SEGMENT_DATA_OFFSET_BYTES
+        );
+    }
+}
