@@ -170,12 +170,14 @@ fn soak_sigkill_200_rounds() {
 
 fn kill_rounds(name: &str, rounds: u64) {
     let dir = TestDir::new(name);
+    // The children's stderr goes next to the WAL directory, never into it.
+    let logs = TestDir::new(&format!("{name}-logs"));
+    std::fs::create_dir_all(&logs.0).unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = SmallRng::seed_from_u64(0x5161);
     let mut total_claims = 0;
     for round in 0..rounds {
-        let stderr_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("wal-kill-child-{}.stderr", std::process::id()));
+        let stderr_path = logs.0.join(format!("child-{round}.stderr"));
         let child = Command::new(&exe)
             .args([
                 "kill::child_appender",
@@ -220,7 +222,6 @@ fn kill_rounds(name: &str, rounds: u64) {
         let status = guard.0.wait().unwrap();
         assert!(!status.success(), "round {round}: the child was killed");
         drop(guard);
-        let _ = std::fs::remove_file(&stderr_path);
         total_claims += claims.len();
         let (first, last) = verify(&dir.0, &claims);
         assert!(last >= claims.last().unwrap().0);
