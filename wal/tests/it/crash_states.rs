@@ -1,4 +1,6 @@
-//! Crash states: a workload's writes, fsyncs and directory operations are recorded;
+//! Crash states: a workload's writes, fsyncs and directory operations are recorded
+//! (appends with truncations by a new leader, unsynced appends, compactions that
+//! release and recycle segments, a snapshot install);
 //! then, for every point in that sequence, the disk is rebuilt and crashed with its
 //! unsynced writes dropped, kept, torn at several bytes or mixed at random, with and
 //! without the unsynced directory changes. Every state must recover without error to
@@ -55,6 +57,36 @@ fn record_workload(
         let mut models = vec![model.clone()];
         let mut term = model.hard_state.term.max(1);
         for k in 1..=appends {
+            if k == 60 {
+                // A snapshot from the leader replaces the whole log (and is followed by
+                // its first entries in the same append).
+                term += 1;
+                let meta = SnapshotMeta {
+                    index: model.last_index() + 10,
+                    term,
+                    conf_state: ConfState::with_voters([1, 2, 4]),
+                    election_timeout_ticks: 9,
+                };
+                let entries: Vec<_> = (meta.index + 1..meta.index + 3)
+                    .map(|i| ent(i, term, 700))
+                    .collect();
+                let a = Append {
+                    tag: k,
+                    install: Some(&meta),
+                    entries: &entries,
+                    hard_state: Some(HardState {
+                        term,
+                        vote: 0,
+                        commit: meta.index,
+                    }),
+                    must_sync: true,
+                    ..Default::default()
+                };
+                model.apply(&a);
+                wal.submit(&a).await.unwrap();
+                models.push(model.clone());
+                continue;
+            }
             let last = model.last_index();
             let mut from = last + 1;
             if rng.gen_ratio(1, 8) && last > model.snapshot.index + 3 {
