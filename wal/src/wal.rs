@@ -252,13 +252,15 @@ impl<F: FileSystem> Inner<F> {
     }
 
     fn wake(&self, slots: &[Slot]) {
-        let mut st = self.st.borrow_mut();
-        let wakers: Vec<Waker> = slots
-            .iter()
-            .filter_map(|&s| st.wakers[s as usize].take())
-            .collect();
-        drop(st);
-        for w in wakers {
+        // Taken out first: a waker may run code that borrows the state again.
+        let mut taken: [Option<Waker>; SLOTS] = Default::default();
+        {
+            let mut st = self.st.borrow_mut();
+            for &s in slots {
+                taken[s as usize] = st.wakers[s as usize].take();
+            }
+        }
+        for w in taken.into_iter().flatten() {
             w.wake();
         }
     }
@@ -925,15 +927,15 @@ impl<F: FileSystem> Wal<F> {
         let compact = a
             .compact
             .filter(|m| m.index > log.snapshot.index || a.install.is_some());
-        let preamble_snapshot = log.snapshot.clone();
         let preamble_hs = log.hard_state;
+        let preamble_snapshot = &log.snapshot;
         let build = |with_preamble: bool| {
             let mut recs: Vec<RecordRef<'_>> = Vec::with_capacity(a.entries.len() + 4);
             if with_preamble {
                 // Each segment restates the snapshot and hard state, so that recovery
                 // never needs a segment that compaction released.
                 if preamble_snapshot.index > 0 {
-                    recs.push(RecordRef::SnapshotMarker(&preamble_snapshot));
+                    recs.push(RecordRef::SnapshotMarker(preamble_snapshot));
                 }
                 if !preamble_hs.is_empty() {
                     recs.push(RecordRef::HardState(preamble_hs));
