@@ -8,7 +8,9 @@
 //! case and mode, split over alternating rounds; default 5), `SKIFF_WAL_BENCH_CPU` (CPU to pin to, default the
 //! last), `SKIFF_WAL_BENCH_CASE` (one case only, e.g. `4KiB`), `SKIFF_WAL_BENCH_DIR`
 //! (directory on a disk file system with O_DIRECT; default under target/),
-//! `SKIFF_WAL_BENCH_SEGMENT_BYTES` (segment size; default the WAL's). Prints one row per case, mode and
+//! `SKIFF_WAL_BENCH_SEGMENT_BYTES` (segment size; default the WAL's),
+//! `SKIFF_WAL_BENCH_RAW_OFFSET` (bytes added to every raw write offset, a multiple of
+//! 4096: 4096 puts the raw writes where the WAL's land relative to their size). Prints one row per case, mode and
 //! implementation, then `wal_vs_raw_ratio=X` (WAL appends/s over raw appends/s).
 
 use std::collections::VecDeque;
@@ -144,6 +146,8 @@ struct Raw {
     slots: u64,
     next: u64,
     case: Case,
+    /// Added to every write offset (`SKIFF_WAL_BENCH_RAW_OFFSET`).
+    shift_bytes: u64,
 }
 
 impl Raw {
@@ -171,13 +175,19 @@ impl Raw {
         let len = case.write_bytes();
         let mut buf = file.alloc_dma_buffer(len);
         buf.as_bytes_mut().fill(0x5A);
+        // A diagnostic: WAL batches start 4 KiB after a multiple of their size (the
+        // segment header block), and some devices care about alignment.
+        let shift_bytes: u64 = setting("SKIFF_WAL_BENCH_RAW_OFFSET")
+            .map_or(0, |s| s.parse().expect("SKIFF_WAL_BENCH_RAW_OFFSET"));
+        assert!(shift_bytes.is_multiple_of(BLOCK_BYTES as u64) && shift_bytes < len as u64);
         Raw {
             path,
             file,
             buf: Rc::new(buf),
-            slots: RAW_FILE_BYTES / len as u64,
+            slots: RAW_FILE_BYTES / len as u64 - 1,
             next: 0,
             case,
+            shift_bytes,
         }
     }
 
@@ -190,7 +200,7 @@ impl Raw {
         let mut prev: Option<(glommio::task::JoinHandle<()>, Instant)> = None;
         while Instant::now() < deadline {
             let t0 = Instant::now();
-            let off = (self.next % self.slots) * len;
+            let off = self.shift_bytes + (self.next % self.slots) * len;
             self.next += 1;
             self.file
                 .write_rc_at(self.buf.clone(), off)
