@@ -1,0 +1,320 @@
+//! Appending, reading back through `Storage`, restarting, rotation, compaction and
+//! snapshot install, on the simulated disk and on the real one (io_uring, O_DIRECT).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use skiff_engine::{ConfState, HardState, SnapshotMeta, Storage, StorageError};
+use skiff_wal::format::{self, BLOCK_BYTES, FORMAT_VERSION, SegmentHeader};
+use skiff_wal::{Append, DmaFs, Identity, SimFs, Wal, WalError, WalOptions};
+
+use crate::common::{IDENT, Model, TestDir, ent, run, sim_dir, small_opts};
+
+fn hs(term: u64, commit: u64) -> HardState {
+    HardState { term, vote: 1, commit }
+}
+
+/// Submits `a` to the WAL and to the model.
+async fn submit<F: skiff_wal::FileSystem + 'static>(wal: &Wal<F>, model: &mut Model, a: Append<'_>) -> u64 {
+    model.apply(&a);
+    wal.submit(&a).await.expect("submit")
+}
+
+#[test]
+fn entries_are_readable_at_submit_and_completions_arrive_in_order() {
+    run(async {
+        let fs = SimFs::new();
+        let wal = Rc::new(Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap());
+        let storage = wal.storage();
+        let drain = {
+            let wal = wal.clone();
+            glommio::spawn_local(async move {
+                let mut got = Vec::new();
+                while got.len() < 40 {
+                    got.push(wal.next_completion().await.unwrap());
+                }
+                got
+            })
+        };
+        let mut model = Model::default();
+        for i in 1..=40u64 {
+            let e = [ent(i, 1, 300)];
+            let seq = submit(
+                &wal,
+                &mut model,
+                Append {
+                    tag: 1000 + i,
+                    entries: &e,
+                    hard_state: Some(hs(1, i.saturating_sub(1))),
+                    must_sync: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+            assert_eq!(seq, i);
+            // Readable as soon as submitted, durable or not.
+            assert_eq!(storage.last_index(), i);
+            let mut out = Vec::new();
+            storage.entries(i, i + 1, u64::MAX, &mut out).unwrap();
+            assert_eq!(out, e);
+        }
+        let got = drain.await;
+        let tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, (1001..=1040).collect::<Vec<_>>(), "in order, none missing");
+        assert!(got.iter().all(|c| c.synced));
+        model.assert_storage(&storage);
+        assert!(fs.files_in(&sim_dir()).len() >= 3, "40 appends of 4 KiB rotate through several 64 KiB segments");
+    });
+}
+
+#[test]
+fn restart_recovers_log_hard_state_and_later_appends_supersede() {
+    run(async {
+        let fs = SimFs::new();
+        let mut model = Model::default();
+        {
+            let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+            let e: Vec<_> = (1..=30).map(|i| ent(i, 1, 1500)).collect();
+            for chunk in e.chunks(5) {
+                submit(&wal, &mut model, Append { entries: chunk, must_sync: true, ..Default::default() }).await;
+                wal.next_completion().await.unwrap();
+            }
+            // A new leader overwrites the suffix from 21 on (Raft §5.3).
+            let e2: Vec<_> = (21..=24).map(|i| ent(i, 2, 900)).collect();
+            submit(
+                &wal,
+                &mut model,
+                Append { entries: &e2, hard_state: Some(hs(2, 20)), must_sync: true, ..Default::default() },
+            )
+            .await;
+            wal.close().await.unwrap();
+        }
+        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        assert_eq!(wal.open_report().torn_tail, None);
+        model.assert_storage(&wal.storage());
+        assert_eq!(wal.storage().term(24), Ok(2));
+        assert_eq!(wal.storage().term(25), Err(StorageError::Unavailable));
+    });
+}
+
+#[test]
+fn real_disk_rotation_cold_reads_and_restart() {
+    let dir = TestDir::new("real-rotation");
+    let d = dir.0.join("nested/shard-3");
+    run(async move {
+        let mut model = Model::default();
+        let mut opts = small_opts(&d);
+        opts.tail_cache_bytes = 8 * 1024;
+        {
+            // The directory does not exist yet: open creates it.
+            let wal = Wal::open(DmaFs, opts.clone()).await.unwrap();
+            for i in 1..=120u64 {
+                let e = [ent(i, 1 + i / 50, 700 + (i as usize * 37) % 3000)];
+                submit(
+                    &wal,
+                    &mut model,
+                    Append {
+                        entries: &e,
+                        hard_state: Some(hs(1 + i / 50, i - 1)),
+                        must_sync: i % 3 != 0,
+                        ..Default::default()
+                    },
+                )
+                .await;
+                let c = wal.next_completion().await.unwrap();
+                assert_eq!(c.seq, i);
+                assert_eq!(c.synced, i % 3 != 0 || c.synced);
+            }
+            let (cached, _) = wal.storage().cached();
+            assert!(cached < 120, "the small tail cache evicted old entries");
+            // Old entries come back from disk (pread), verified by their CRC.
+            model.assert_storage(&wal.storage());
+            let mut out = Vec::new();
+            wal.storage().entries(1, 121, 10_000, &mut out).unwrap();
+            let sum: u64 = out.iter().map(|e| e.size_bytes()).sum();
+            assert!(sum <= 10_000 && !out.is_empty() && out[0].index == 1);
+            wal.close().await.unwrap();
+        }
+        let segments = std::fs::read_dir(&d).unwrap().count();
+        assert!(segments > 3, "rotated through {segments} segment files");
+        let wal = Wal::open(DmaFs, opts).await.unwrap();
+        model.assert_storage(&wal.storage());
+        // And it keeps appending after recovery.
+        let e = [ent(121, 3, 100)];
+        submit(&wal, &mut model, Append { entries: &e, must_sync: true, ..Default::default() }).await;
+        wal.next_completion().await.unwrap();
+        model.assert_storage(&wal.storage());
+        wal.close().await.unwrap();
+    });
+}
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta { index, term, conf_state: ConfState::with_voters([1, 2, 3]), election_timeout_ticks: 12 }
+}
+
+#[test]
+fn compaction_releases_whole_segments_and_recovery_needs_none_of_them() {
+    run(async {
+        let fs = SimFs::new();
+        let dir = sim_dir();
+        let mut model = Model::default();
+        let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
+        for i in 1..=60u64 {
+            let e = [ent(i, 1, 3000)];
+            submit(
+                &wal,
+                &mut model,
+                Append {
+                    entries: &e,
+                    hard_state: if i == 1 { Some(hs(1, 0)) } else { None },
+                    must_sync: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+            wal.next_completion().await.unwrap();
+        }
+        let before: Vec<String> = fs.files_in(&dir).into_iter().map(|f| f.0).collect();
+        let m = meta(45, 1);
+        submit(&wal, &mut model, Append { compact: Some(&m), must_sync: true, ..Default::default() }).await;
+        wal.next_completion().await.unwrap();
+        wal.storage().set_snapshot_data(45, Bytes::from_static(b"kv state"));
+        assert_eq!(wal.storage().snapshot(46, 3).unwrap().meta, m);
+        assert_eq!(wal.storage().term(44), Err(StorageError::Compacted));
+        // Keep appending so the housekeeper recycles released segments as spares.
+        for i in 61..=90u64 {
+            let e = [ent(i, 1, 3000)];
+            submit(&wal, &mut model, Append { entries: &e, must_sync: true, ..Default::default() }).await;
+            wal.next_completion().await.unwrap();
+        }
+        wal.close().await.unwrap();
+        let after: Vec<String> = fs.files_in(&dir).into_iter().map(|f| f.0).collect();
+        assert!(!after.contains(&before[0]), "the first segment was released: {before:?} -> {after:?}");
+        let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
+        model.assert_storage(&wal.storage());
+        assert_eq!(wal.storage().first_index(), 46);
+        assert_eq!(wal.storage().initial_state().unwrap().election_timeout_ticks, 12);
+        assert_eq!(
+            wal.storage().snapshot(46, 3),
+            Err(StorageError::SnapshotTemporarilyUnavailable),
+            "the node hands the snapshot file over after a restart"
+        );
+    });
+}
+
+#[test]
+fn snapshot_install_replaces_the_whole_log() {
+    run(async {
+        let fs = SimFs::new();
+        let mut model = Model::default();
+        {
+            let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+            let e: Vec<_> = (1..=10).map(|i| ent(i, 1, 50)).collect();
+            submit(
+                &wal,
+                &mut model,
+                Append { entries: &e, hard_state: Some(hs(1, 5)), must_sync: true, ..Default::default() },
+            )
+            .await;
+            let m = meta(50, 3);
+            let e2: Vec<_> = (51..=55).map(|i| ent(i, 3, 50)).collect();
+            submit(
+                &wal,
+                &mut model,
+                Append {
+                    install: Some(&m),
+                    entries: &e2,
+                    hard_state: Some(hs(3, 50)),
+                    must_sync: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+            assert_eq!(wal.storage().first_index(), 51);
+            wal.close().await.unwrap();
+        }
+        let wal = Wal::open(fs, small_opts(&sim_dir())).await.unwrap();
+        model.assert_storage(&wal.storage());
+        assert_eq!(wal.storage().term(50), Ok(3));
+    });
+}
+
+#[test]
+fn invalid_appends_are_refused_and_the_wal_keeps_working() {
+    run(async {
+        let wal = Wal::open(SimFs::new(), small_opts(&sim_dir())).await.unwrap();
+        let gap = [ent(5, 1, 10)];
+        let err = wal.submit(&Append { entries: &gap, ..Default::default() }).await.unwrap_err();
+        assert!(matches!(err, WalError::InvalidAppend(_)), "{err}");
+        let huge = [ent(1, 1, 80 * 1024)];
+        let err = wal.submit(&Append { entries: &huge, ..Default::default() }).await.unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        let ok = [ent(1, 1, 10)];
+        wal.submit(&Append { entries: &ok, must_sync: true, ..Default::default() }).await.unwrap();
+        assert!(wal.next_completion().await.unwrap().synced);
+    });
+}
+
+#[test]
+fn bad_data_dirs_get_operator_errors() {
+    run(async {
+        let dir = sim_dir();
+        // Another cluster/shard's directory.
+        let fs = SimFs::new();
+        {
+            let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
+            let e = [ent(1, 1, 10)];
+            wal.submit(&Append { entries: &e, must_sync: true, ..Default::default() }).await.unwrap();
+            wal.close().await.unwrap();
+        }
+        let mut other = small_opts(&dir);
+        other.identity = Identity { shard_id: 4, ..IDENT };
+        let err = Wal::open(fs.clone(), other).await.unwrap_err();
+        let s = err.to_string();
+        assert!(matches!(err, WalError::BadDataDir { .. }), "{s}");
+        assert!(s.contains("shard 3") && s.contains("shard 4"), "{s}");
+
+        // A file that is not a segment.
+        fs.plant(&dir.join("notes.txt"), b"hello".to_vec());
+        let err = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap_err();
+        assert!(err.to_string().contains("\"notes.txt\" is not a WAL segment"), "{err}");
+
+        // An unknown format version.
+        let fs = SimFs::new();
+        let mut block = vec![0u8; BLOCK_BYTES];
+        SegmentHeader { identity: IDENT, segment_seq: 1, first_index: 1, first_batch_seq: 1 }.encode(&mut block);
+        block[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32c::crc32c(&block[0..64]);
+        block[64..68].copy_from_slice(&crc.to_le_bytes());
+        fs.create_dir_for_test(&dir);
+        fs.plant(&dir.join(format::segment_name(1)), block);
+        let err = Wal::open(fs, small_opts(&dir)).await.unwrap_err();
+        assert!(err.to_string().contains("format version 2"), "{err}");
+
+        // No O_DIRECT (tmpfs), simulated.
+        let fs = SimFs::new();
+        fs.set_no_direct_io(true);
+        let err = Wal::open(fs, small_opts(&dir)).await.unwrap_err();
+        assert!(err.to_string().contains("O_DIRECT"), "{err}");
+    });
+}
+
+#[test]
+fn a_real_tmpfs_directory_is_refused() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        // Nothing to test on a machine without a tmpfs mount.
+        return;
+    }
+    let dir = shm.join(format!("skiff-wal-it-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _c = Cleanup(dir.clone());
+    let err = run(async move { Wal::open(DmaFs, WalOptions::new(dir, IDENT)).await.unwrap_err() });
+    let s = err.to_string();
+    assert!(s.contains("tmpfs") && s.contains("ext4"), "{s}");
+}
