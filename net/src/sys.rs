@@ -1,0 +1,164 @@
+//! Socket plumbing that glommio 0.9 does not offer: an exclusive listener bind, socket
+//! options through `socket2`, a real vectored `sendmsg`, and `recv` into a buffer's
+//! uninitialised spare capacity. Readiness waits still go through glommio's reactor.
+//!
+//! glommio's `TcpStream::write_vectored` writes only the first slice, and its
+//! `TcpListener::bind` sets SO_REUSEPORT (two misconfigured processes would silently
+//! share a port) and panics on a malformed address; see `RUNTIME-NOTES.md`.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use bytes::BytesMut;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// Most slices one `sendmsg` takes (Linux `UIO_MAXIOV`); longer gather lists are
+/// written in several calls.
+pub const IOV_MAX: usize = 1024;
+/// Listen backlog for the peer port: a cluster has few peers, but a restart storm of
+/// many shards may dial at once.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// Idle time before TCP keepalive probes start on a peer connection: detects a peer
+/// whose host vanished without a RST while no message needs sending.
+pub const KEEPALIVE_IDLE_SECS: u64 = 10;
+
+/// Socket buffer sizes applied to every peer connection (`None`: the kernel's default
+/// and its autotuning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub send_buffer_bytes: Option<usize>,
+    pub recv_buffer_bytes: Option<usize>,
+}
+
+/// Binds an exclusive (no SO_REUSEPORT) listening socket on `addr`.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR only lets a restarted node rebind over TIME_WAIT connections; it
+    // does not let a second listener share the port.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn sock_ref<'a>(fd: &'a BorrowedFd<'a>) -> SockRef<'a> {
+    SockRef::from(fd)
+}
+
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: callers pass the fd of a stream they hold for the duration of the call;
+    // the borrow never outlives that call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// TCP_NODELAY (a heartbeat must not wait for Nagle), keepalive, and buffer sizes.
+pub fn configure(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
+    let fd = borrow(stream.as_raw_fd());
+    let sock = sock_ref(&fd);
+    sock.set_nodelay(true)?;
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new().with_time(std::time::Duration::from_secs(KEEPALIVE_IDLE_SECS)),
+    )?;
+    if let Some(n) = opts.send_buffer_bytes {
+        sock.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = opts.recv_buffer_bytes {
+        sock.set_recv_buffer_size(n)?;
+    }
+    Ok(())
+}
+
+/// Reads what the socket has into `buf`'s spare capacity without waiting; `Ok(0)` is
+/// end of stream. The caller makes sure there is spare capacity.
+fn recv_now(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    let fd = borrow(fd);
+    let n = sock_ref(&fd).recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT)?;
+    // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Reads at least one byte into `buf` (reserving `reserve_bytes` first if it has less
+/// spare capacity than `spare_bytes_min`), waiting for readability through glommio.
+/// `Ok(0)` is end of stream.
+pub async fn read_into(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    spare_bytes_min: usize,
+    reserve_bytes: usize,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < spare_bytes_min {
+        buf.reserve(reserve_bytes.max(spare_bytes_min));
+    }
+    loop {
+        match recv_now(stream.as_raw_fd(), buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A peek of one byte completes when data (or end of stream) is there;
+                // the data stays in the socket for `recv_now` to take.
+                let mut probe = [0u8; 1];
+                stream.peek(&mut probe).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes every slice of `slices` with as few `sendmsg` calls as the kernel allows,
+/// waiting for writability through glommio when the socket buffer is full.
+pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0; // first slice not yet fully written
+    let mut offset = 0; // bytes of slices[idx] already written
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(slices.len().min(IOV_MAX));
+    while idx < slices.len() {
+        iov.clear();
+        iov.push(IoSlice::new(&slices[idx][offset..]));
+        iov.extend(
+            slices[idx + 1..]
+                .iter()
+                .take(IOV_MAX - 1)
+                .map(|s| IoSlice::new(s)),
+        );
+        let sent = {
+            let fd = borrow(stream.as_raw_fd());
+            // MSG_NOSIGNAL: a peer that went away is an error return, not SIGPIPE.
+            sock_ref(&fd).send_vectored_with_flags(&iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        let mut n = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // glommio's write waits for writability, then sends part of one slice.
+                stream.write(&slices[idx][offset..]).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer stopped accepting bytes",
+            ));
+        }
+        while n > 0 {
+            let left = slices[idx].len() - offset;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+        // Skip empty slices so `iov` never starts with one.
+        while idx < slices.len() && slices[idx].len() == offset {
+            idx += 1;
+            offset = 0;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Integration tests for skiff-net: one binary, a module per area.
+
+mod live;
+mod priority;
+mod props;
+mod support;
