@@ -185,7 +185,10 @@ impl Scan {
         too_long: RespError,
     ) -> Result<Line, RespError> {
         let from = self.line_search.max(start);
-        match buf[from..].iter().position(|&b| b == b'\r') {
+        // A bare LF inside a line would let a simple string or error carry a line
+        // break, which no encoder can reproduce and a client would misread.
+        match buf[from..].iter().position(|&b| b == b'\r' || b == b'\n') {
+            Some(i) if buf[from + i] == b'\n' => Err(RespError::BadLineEnding),
             Some(i) => {
                 let cr = from + i;
                 if cr - start > max {
@@ -721,6 +724,20 @@ mod tests {
         }
     }
 
+    /// The input the `resp` fuzz target found (its first byte, the target's mode, is
+    /// dropped): the error reply is refused instead of decoding to an unencodable value.
+    #[test]
+    fn fuzz_regression_error_line_with_bare_lf() {
+        let input = b"+OK\r\n-ERR \x8d\x90\xf2\xf5:-vvv\xf2\xd2\xf5\xdb\xd5\xce\xf2\n*\0\0\0\0\0\0\0;1\r\n$0\r\n\r\n";
+        let mut dec = ReplyDecoder::default();
+        let mut buf = BytesMut::from(&input[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Ok(Some(RespValue::Simple(Bytes::from_static(b"OK"))))
+        );
+        assert_eq!(dec.decode(&mut buf), Err(RespError::BadLineEnding));
+    }
+
     #[test]
     fn integers_parse_strictly() {
         for (s, want) in [
@@ -752,6 +769,10 @@ mod tests {
             (b"+ok\rx", RespError::BadLineEnding),
             (b"*-2\r\n", RespError::InvalidMultibulkLength),
             (b":12a\r\n", RespError::InvalidInteger),
+            // Found by the `resp` fuzz target: an error line carrying a bare LF decoded
+            // to a value that cannot be encoded again.
+            (b"-ERR a\nb\r\n", RespError::BadLineEnding),
+            (b"+OK\n", RespError::BadLineEnding),
         ] {
             let mut buf = BytesMut::from(input);
             assert_eq!(ReplyDecoder::new(limits).decode(&mut buf), Err(want));
