@@ -12,10 +12,12 @@
 //! - [`sys`]: socket options and the vectored `sendmsg` glommio lacks.
 //! - [`transport`]: the glommio [`Transport`] a shard owns: listener, dialers, writers.
 //! - [`resp`]: the RESP2 request/reply codec.
+//! - [`client`]: a RESP2 client connection on glommio (pipelining, protocol errors).
 //!
 //! The wire format is described in `docs/wire-format.md`.
 
 pub mod backoff;
+pub mod client;
 pub mod frame;
 pub mod handshake;
 pub mod message;
@@ -25,6 +27,7 @@ pub mod stats;
 pub mod sys;
 pub mod transport;
 
+pub use client::{ClientConnection, ClientError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind};
 pub use handshake::{Hello, Refusal};
 pub use message::{AppFrame, DecodeError, EncodeError, Encoder, OutFrame};

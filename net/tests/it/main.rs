@@ -3,4 +3,5 @@
 mod live;
 mod priority;
 mod props;
+mod resp_live;
 mod support;
