@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::recv_buffer::RecvBuffer;
 use crate::resp::{Request, RequestDecoder, RespError, RespLimits, RespValue, encode_reply};
 use crate::sys;
 
@@ -38,7 +39,7 @@ pub enum ClientError {
 pub struct ClientConnection {
     stream: TcpStream,
     decoder: RequestDecoder,
-    recv: BytesMut,
+    recv: RecvBuffer,
     send: BytesMut,
 }
 
@@ -48,7 +49,7 @@ impl ClientConnection {
         ClientConnection {
             stream,
             decoder: RequestDecoder::new(limits),
-            recv: BytesMut::new(),
+            recv: RecvBuffer::new(CLIENT_RECV_BUFFER_BYTES, CLIENT_RECV_SPARE_BYTES_MIN),
             send: BytesMut::new(),
         }
     }
@@ -58,7 +59,7 @@ impl ClientConnection {
     /// one write. On a protocol error the error reply is sent and the stream closed.
     pub async fn next_request(&mut self) -> Result<Option<Request>, ClientError> {
         loop {
-            match self.decoder.decode(&mut self.recv) {
+            match self.decoder.decode(self.recv.bytes()) {
                 Ok(Some(req)) => return Ok(Some(req)),
                 Ok(None) => {}
                 Err(e) => {
@@ -71,15 +72,10 @@ impl ClientConnection {
                 }
             }
             self.flush().await?;
-            let n = sys::read_into(
-                &self.stream,
-                &mut self.recv,
-                CLIENT_RECV_SPARE_BYTES_MIN,
-                CLIENT_RECV_BUFFER_BYTES,
-            )
-            .await?;
+            self.recv.make_room(0);
+            let n = sys::read_into(&self.stream, self.recv.bytes()).await?;
             if n == 0 {
-                return if self.recv.is_empty() {
+                return if self.recv.bytes().is_empty() {
                     Ok(None)
                 } else {
                     Err(ClientError::Truncated)

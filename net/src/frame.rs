@@ -265,9 +265,8 @@ impl FrameDecoder {
 
     /// Takes the next whole frame off the front of `buf`.
     ///
-    /// Returns `Ok(None)` when `buf` holds only part of a frame; once the header is
-    /// buffered and valid, `buf` is reserved up to the whole frame so the next read can
-    /// fill it (that reservation is bounded by the cap just checked). An error means the
+    /// Returns `Ok(None)` when `buf` holds only part of a frame (see
+    /// [`FrameDecoder::frame_len`] for how much room it needs). An error means the
     /// stream can no longer be trusted and the connection must be closed.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         let Some((kind, body_len, body_crc)) = self.peek_header(buf)? else {
@@ -275,7 +274,6 @@ impl FrameDecoder {
         };
         let frame_len = FRAME_HEADER_BYTES + body_len;
         if buf.len() < frame_len {
-            buf.reserve(frame_len - buf.len());
             return Ok(None);
         }
         let mut frame = buf.split_to(frame_len);
@@ -284,6 +282,15 @@ impl FrameDecoder {
             return Err(FrameError::BodyChecksum);
         }
         Ok(Some(Frame { kind, body }))
+    }
+
+    /// Bytes the whole frame at the front of `buf` occupies, once its header is
+    /// buffered and valid (so the length is within the cap): what the receive buffer
+    /// must make room for. `Ok(None)` while the header is incomplete.
+    pub fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        Ok(self
+            .peek_header(buf)?
+            .map(|(_, body_len, _)| FRAME_HEADER_BYTES + body_len))
     }
 
     /// Validates the header at the front of `buf`, if it is all there.

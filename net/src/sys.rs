@@ -6,7 +6,7 @@
 //! `TcpListener::bind` sets SO_REUSEPORT (two misconfigured processes would silently
 //! share a port) and panics on a malformed address; see `RUNTIME-NOTES.md`.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -81,18 +81,13 @@ fn recv_now(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Reads at least one byte into `buf` (reserving `reserve_bytes` first if it has less
-/// spare capacity than `spare_bytes_min`), waiting for readability through glommio.
-/// `Ok(0)` is end of stream.
-pub async fn read_into(
-    stream: &TcpStream,
-    buf: &mut BytesMut,
-    spare_bytes_min: usize,
-    reserve_bytes: usize,
-) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < spare_bytes_min {
-        buf.reserve(reserve_bytes.max(spare_bytes_min));
-    }
+/// Reads at least one byte into `buf`'s spare capacity (which the caller has made
+/// room for), waiting for readability through glommio. `Ok(0)` is end of stream.
+///
+/// # Panics
+/// If `buf` has no spare capacity.
+pub async fn read_into(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    assert!(buf.capacity() > buf.len(), "read_into needs spare capacity");
     loop {
         match recv_now(stream.as_raw_fd(), buf) {
             Ok(n) => return Ok(n),
@@ -108,27 +103,64 @@ pub async fn read_into(
     }
 }
 
+/// Gathers `slices[idx][offset..]` and the slices after it into `iov`, merging
+/// neighbours that are adjacent in memory (entry payloads cut from one buffer are), up
+/// to [`IOV_MAX`] entries. The merged ranges go to the kernel as raw iovecs only: no
+/// Rust slice ever spans two of the caller's slices.
+fn gather(slices: &[&[u8]], idx: usize, offset: usize, iov: &mut Vec<libc::iovec>) {
+    iov.clear();
+    let first = &slices[idx][offset..];
+    let rest = slices[idx + 1..].iter().copied();
+    for s in std::iter::once(first).chain(rest) {
+        if s.is_empty() {
+            continue;
+        }
+        if let Some(last) = iov.last_mut() {
+            if (last.iov_base as usize).wrapping_add(last.iov_len) == s.as_ptr() as usize {
+                last.iov_len += s.len();
+                continue;
+            }
+            if iov.len() == IOV_MAX {
+                break;
+            }
+        }
+        iov.push(libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        });
+    }
+}
+
+/// One non-blocking `sendmsg` of `iov`.
+fn sendmsg_now(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // MSG_NOSIGNAL: a peer that went away is an error return, not SIGPIPE.
+    // SAFETY: every iovec points into a slice the caller keeps borrowed for this call,
+    // and the kernel only reads from them.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Writes every slice of `slices` with as few `sendmsg` calls as the kernel allows,
 /// waiting for writability through glommio when the socket buffer is full.
 pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io::Result<()> {
     let mut idx = 0; // first slice not yet fully written
     let mut offset = 0; // bytes of slices[idx] already written
-    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(slices.len().min(IOV_MAX));
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(slices.len().min(IOV_MAX));
+    // Skip leading empty slices so the cursor always points at unwritten bytes.
+    while idx < slices.len() && slices[idx].len() == offset {
+        idx += 1;
+    }
     while idx < slices.len() {
-        iov.clear();
-        iov.push(IoSlice::new(&slices[idx][offset..]));
-        iov.extend(
-            slices[idx + 1..]
-                .iter()
-                .take(IOV_MAX - 1)
-                .map(|s| IoSlice::new(s)),
-        );
-        let sent = {
-            let fd = borrow(stream.as_raw_fd());
-            // MSG_NOSIGNAL: a peer that went away is an error return, not SIGPIPE.
-            sock_ref(&fd).send_vectored_with_flags(&iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        };
-        let mut n = match sent {
+        gather(slices, idx, offset, &mut iov);
+        let mut n = match sendmsg_now(stream.as_raw_fd(), &iov) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -154,11 +186,33 @@ pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io:
                 n = 0;
             }
         }
-        // Skip empty slices so `iov` never starts with one.
         while idx < slices.len() && slices[idx].len() == offset {
             idx += 1;
             offset = 0;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_merges_adjacent_slices_and_caps_the_count() {
+        let block = vec![7u8; 4096];
+        let (a, b) = block.split_at(100);
+        let other = vec![1u8; 10];
+        let slices: Vec<&[u8]> = vec![&a[..50], &a[50..], &[], b, &other];
+        let mut iov = Vec::new();
+        gather(&slices, 0, 10, &mut iov);
+        let lens: Vec<usize> = iov.iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, [4086, 10], "three adjacent slices become one iovec");
+        assert_eq!(iov[0].iov_base as usize, block.as_ptr() as usize + 10);
+        // Slices with a one-byte gap between them cannot merge.
+        let spaced = vec![0u8; 4 * (IOV_MAX + 5)];
+        let refs: Vec<&[u8]> = spaced.chunks(4).map(|c| &c[..3]).collect();
+        gather(&refs, 0, 0, &mut iov);
+        assert_eq!(iov.len(), IOV_MAX);
+    }
 }
