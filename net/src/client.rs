@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::recv_buffer::RecvBuffer;
+use crate::recycling::RecyclingBuffer;
 use crate::resp::{Request, RequestDecoder, RespError, RespLimits, RespValue, encode_reply};
 use crate::sys;
 
@@ -39,7 +39,7 @@ pub enum ClientError {
 pub struct ClientConnection {
     stream: TcpStream,
     decoder: RequestDecoder,
-    recv: RecvBuffer,
+    recv: RecyclingBuffer,
     send: BytesMut,
 }
 
@@ -49,7 +49,7 @@ impl ClientConnection {
         ClientConnection {
             stream,
             decoder: RequestDecoder::new(limits),
-            recv: RecvBuffer::new(CLIENT_RECV_BUFFER_BYTES, CLIENT_RECV_SPARE_BYTES_MIN),
+            recv: RecyclingBuffer::new(CLIENT_RECV_BUFFER_BYTES, CLIENT_RECV_SPARE_BYTES_MIN),
             send: BytesMut::new(),
         }
     }

@@ -7,7 +7,8 @@
 //!   gather-list encoding and zero-copy decoding of entry payloads.
 //! - [`handshake`]: the cluster/node/shard/version handshake and its refusals.
 //! - [`queue`]: the per-peer send queue with a control lane and a bulk lane.
-//! - [`recv_buffer`]: receive buffers recycled once the frames cut from them are dropped.
+//! - [`recycling`]: receive buffers and head arenas, recycled once the frames cut from
+//!   them are dropped.
 //! - [`backoff`]: capped exponential redial backoff with jitter.
 //! - [`stats`]: rejection and drop counters.
 //! - [`sys`]: socket options and the vectored `sendmsg` glommio lacks.
@@ -23,7 +24,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod queue;
-pub mod recv_buffer;
+pub mod recycling;
 pub mod resp;
 pub mod stats;
 pub mod sys;

@@ -49,6 +49,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use crate::recycling::RecyclingBuffer;
 
 /// Bytes of the from/to/term prefix of every Raft body.
 pub const MESSAGE_PREFIX_BYTES: usize = 24;
@@ -169,7 +170,7 @@ pub fn frame_kind(body: &MessageBody) -> FrameKind {
 /// per shard (it is not shared across threads).
 #[derive(Debug)]
 pub struct Encoder {
-    arena: BytesMut,
+    arena: RecyclingBuffer,
     body_bytes_max: usize,
 }
 
@@ -178,7 +179,7 @@ impl Encoder {
     /// it would reject is not worth sending).
     pub fn new(body_bytes_max: usize) -> Encoder {
         Encoder {
-            arena: BytesMut::new(),
+            arena: RecyclingBuffer::new(ENCODE_ARENA_BYTES, FRAME_HEADER_BYTES),
             body_bytes_max,
         }
     }
@@ -236,32 +237,28 @@ impl Encoder {
         fill: impl FnOnce(&mut BytesMut) -> Vec<Bytes>,
     ) -> Result<OutFrame, EncodeError> {
         let head_bytes = FRAME_HEADER_BYTES + head_body_bytes;
-        if self.arena.capacity() - self.arena.len() < head_bytes
-            && !self.arena.try_reclaim(head_bytes)
-        {
-            // Earlier heads are still queued and share the old arena: start a fresh one
-            // rather than asking `reserve` to copy them. (Once they are all written and
-            // dropped, `try_reclaim` gets the whole arena back without allocating.)
-            self.arena = BytesMut::with_capacity(head_bytes.max(ENCODE_ARENA_BYTES));
-        }
-        debug_assert!(self.arena.is_empty());
-        self.arena.put_bytes(0, FRAME_HEADER_BYTES);
-        let payloads = fill(&mut self.arena);
-        debug_assert_eq!(self.arena.len(), head_bytes, "fixed_body_bytes is exact");
+        // Heads are carved from the arena; once every head of an old arena has been
+        // written and dropped, the arena is reused rather than a fresh one faulted in.
+        self.arena.make_room(head_bytes);
+        let arena = self.arena.bytes();
+        debug_assert!(arena.is_empty());
+        arena.put_bytes(0, FRAME_HEADER_BYTES);
+        let payloads = fill(arena);
+        debug_assert_eq!(arena.len(), head_bytes, "fixed_body_bytes is exact");
         let body_len =
-            self.arena.len() - FRAME_HEADER_BYTES + payloads.iter().map(Bytes::len).sum::<usize>();
+            arena.len() - FRAME_HEADER_BYTES + payloads.iter().map(Bytes::len).sum::<usize>();
         if body_len > self.body_bytes_max {
-            self.arena.clear();
+            arena.clear();
             return Err(EncodeError::TooLarge {
                 len: body_len,
                 max: self.body_bytes_max,
             });
         }
-        let crc = crc32c_gathered(&self.arena[FRAME_HEADER_BYTES..], &payloads);
+        let crc = crc32c_gathered(&arena[FRAME_HEADER_BYTES..], &payloads);
         let header = FrameHeader::new(kind, body_len, crc);
-        self.arena[..FRAME_HEADER_BYTES].copy_from_slice(header.as_bytes());
+        arena[..FRAME_HEADER_BYTES].copy_from_slice(header.as_bytes());
         Ok(OutFrame {
-            head: self.arena.split().freeze(),
+            head: arena.split().freeze(),
             payloads,
         })
     }

@@ -50,7 +50,7 @@ use crate::message::{
     AppFrame, DecodeError, EncodeError, Encoder, OutFrame, decode_app, decode_message,
 };
 use crate::queue::{Lane, QueueFull, QueueLimits, SendQueue, WRITE_BATCH_BYTES_MAX};
-use crate::recv_buffer::RecvBuffer;
+use crate::recycling::RecyclingBuffer;
 use crate::stats::{RejectReason, Stats, bump};
 use crate::sys::{self, SocketOptions};
 
@@ -58,6 +58,15 @@ use crate::sys::{self, SocketOptions};
 /// drains it; 4,096 covers a burst of 512 in-flight appends from each of several peers
 /// plus their control traffic. When full, readers stop reading (TCP pushes back).
 pub const INBOUND_MESSAGES_MAX_DEFAULT: usize = 4096;
+/// Default bound on the frame bytes of received messages waiting for the Raft loop. The
+/// messages hold their receive buffers, so this is the memory a loop that falls behind
+/// can pin: 64 full 1 MiB append batches. A single larger frame is still admitted when
+/// the queue is empty.
+pub const INBOUND_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Backlog at which a connection reader yields after queueing a message, so the Raft
+/// loop on the same executor drains (and the receive buffers recycle) instead of the
+/// reader decoding far ahead of it.
+pub const INBOUND_YIELD_MESSAGES: usize = 32;
 /// Default bound on accepted peer connections per shard. A cluster has a handful of
 /// peers; the bound only stops a flood of strangers from exhausting file descriptors.
 pub const INBOUND_CONNECTIONS_MAX_DEFAULT: usize = 4096;
@@ -71,8 +80,8 @@ pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 pub const HANDSHAKE_BODY_BYTES_MAX: usize = 1 + REFUSE_TEXT_BYTES_MAX;
 /// Receive buffer allocated per authenticated connection at a time. Frames are cut out
 /// of it without copying, so one buffer serves many frames before it is replaced (and
-/// is recycled once they are dropped, see `recv_buffer.rs`). 1 MiB holds a full append
-/// batch; with up to `RECV_BUFFERS_RETIRED_MAX` retired buffers a peer connection pins
+/// is recycled once they are dropped, see `recycling.rs`). 1 MiB holds a full append
+/// batch; with up to `RETIRED_BUFFERS_MAX` retired buffers a peer connection pins
 /// at most 5 MiB besides a single larger frame.
 pub const RECV_BUFFER_BYTES: usize = 1 << 20;
 /// Spare receive capacity below which another buffer is taken before reading. Large
@@ -84,6 +93,7 @@ pub const RECV_SPARE_BYTES_MIN: usize = 128 << 10;
 pub const HANDSHAKE_RECV_BYTES: usize = FRAME_HEADER_BYTES + HANDSHAKE_BODY_BYTES_MAX;
 
 const _: () = assert!(HANDSHAKE_BODY_BYTES_MAX >= HELLO_BYTES);
+const _: () = assert!(INBOUND_YIELD_MESSAGES < INBOUND_MESSAGES_MAX_DEFAULT);
 const _: () = assert!(RECV_SPARE_BYTES_MIN < RECV_BUFFER_BYTES);
 const _: () = assert!(RECV_BUFFER_BYTES >= FRAME_HEADER_BYTES);
 
@@ -137,6 +147,9 @@ pub struct TransportConfig {
     pub queue: QueueLimits,
     /// Received messages waiting for the loop. Default [`INBOUND_MESSAGES_MAX_DEFAULT`].
     pub inbound_messages_max: usize,
+    /// Frame bytes of received messages waiting for the loop. Default
+    /// [`INBOUND_BYTES_MAX_DEFAULT`].
+    pub inbound_bytes_max: usize,
     /// Accepted connections at once. Default [`INBOUND_CONNECTIONS_MAX_DEFAULT`].
     pub inbound_connections_max: usize,
     /// Default [`HANDSHAKE_TIMEOUT_MS_DEFAULT`].
@@ -167,6 +180,7 @@ impl TransportConfig {
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
             queue: QueueLimits::default(),
             inbound_messages_max: INBOUND_MESSAGES_MAX_DEFAULT,
+            inbound_bytes_max: INBOUND_BYTES_MAX_DEFAULT,
             inbound_connections_max: INBOUND_CONNECTIONS_MAX_DEFAULT,
             handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
@@ -204,7 +218,10 @@ impl TransportConfig {
         if self.queue.control.messages_max == 0 || self.queue.bulk.messages_max == 0 {
             return bad("each send queue lane must hold at least one message".into());
         }
-        if self.inbound_messages_max == 0 || self.inbound_connections_max == 0 {
+        if self.inbound_messages_max == 0
+            || self.inbound_bytes_max == 0
+            || self.inbound_connections_max == 0
+        {
             return bad("inbound bounds must be at least 1".into());
         }
         if self.redial_backoff_initial_ms == 0
@@ -261,7 +278,9 @@ struct Shared {
     local: Hello,
     peers: HashMap<NodeId, Peer>,
     encoder: RefCell<Encoder>,
-    inbound: RefCell<VecDeque<Inbound>>,
+    /// Received messages with the frame bytes each holds.
+    inbound: RefCell<VecDeque<(Inbound, usize)>>,
+    inbound_bytes: Cell<usize>,
     /// The Raft loop waits here for received messages.
     inbound_ready: Wakers,
     /// Readers wait here for room in `inbound`.
@@ -331,6 +350,7 @@ impl Transport {
             encoder: RefCell::new(Encoder::new(config.frame_body_bytes_max)),
             peers,
             inbound: RefCell::new(VecDeque::new()),
+            inbound_bytes: Cell::new(0),
             inbound_ready: Wakers::default(),
             inbound_room: Wakers::default(),
             unreachable: RefCell::new(Vec::new()),
@@ -415,23 +435,29 @@ impl Transport {
 
     /// Moves up to `max` received messages into `out`, oldest first; returns how many.
     pub fn recv_batch(&self, out: &mut Vec<Inbound>, max: usize) -> usize {
-        let mut q = self.shared.inbound.borrow_mut();
+        let s = &self.shared;
+        let mut q = s.inbound.borrow_mut();
         let n = q.len().min(max);
-        out.extend(q.drain(..n));
+        let mut bytes = 0;
+        out.extend(q.drain(..n).map(|(m, b)| {
+            bytes += b;
+            m
+        }));
         drop(q);
+        s.inbound_bytes.set(s.inbound_bytes.get() - bytes);
         if n > 0 {
-            self.shared.inbound_room.wake_all();
+            s.inbound_room.wake_all();
         }
         n
     }
 
     /// Takes the oldest received message, if any.
     pub fn try_recv(&self) -> Option<Inbound> {
-        let m = self.shared.inbound.borrow_mut().pop_front();
-        if m.is_some() {
-            self.shared.inbound_room.wake_all();
-        }
-        m
+        let s = &self.shared;
+        let (m, bytes) = s.inbound.borrow_mut().pop_front()?;
+        s.inbound_bytes.set(s.inbound_bytes.get() - bytes);
+        s.inbound_room.wake_all();
+        Some(m)
     }
 
     /// Resolves when a received message is waiting (for a loop with nothing else to do).
@@ -489,6 +515,14 @@ impl Transport {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Received (messages, frame bytes) waiting for [`Transport::recv_batch`].
+    pub fn inbound_len(&self) -> (usize, usize) {
+        (
+            self.shared.inbound.borrow().len(),
+            self.shared.inbound_bytes.get(),
+        )
     }
 
     /// Accepted connections currently open.
@@ -569,7 +603,7 @@ impl ConnError {
 /// Reads until one whole frame is buffered; `Closed` at a clean end of stream.
 async fn read_frame(
     stream: &TcpStream,
-    recv: &mut RecvBuffer,
+    recv: &mut RecyclingBuffer,
     decoder: &FrameDecoder,
 ) -> Result<Frame, ConnError> {
     loop {
@@ -674,7 +708,7 @@ async fn receive(s: &Rc<Shared>, stream: &mut TcpStream) -> Result<(), ConnError
     sys::configure(stream, &s.config.socket)?;
     // Before the handshake, only a Hello-sized frame is accepted and only a Hello-sized
     // buffer is allocated: a stranger cannot make this side reserve more.
-    let mut recv = RecvBuffer::new(HANDSHAKE_RECV_BYTES, HANDSHAKE_RECV_BYTES);
+    let mut recv = RecyclingBuffer::new(HANDSHAKE_RECV_BYTES, HANDSHAKE_RECV_BYTES);
     let hello_decoder = FrameDecoder::new(HANDSHAKE_BODY_BYTES_MAX);
     let frame = with_timeout(
         s.config.handshake_timeout,
@@ -701,6 +735,7 @@ async fn receive(s: &Rc<Shared>, stream: &mut TcpStream) -> Result<(), ConnError
     recv.set_sizes(RECV_BUFFER_BYTES, RECV_SPARE_BYTES_MIN);
     loop {
         let frame = read_frame(stream, &mut recv, &decoder).await?;
+        let frame_bytes = FRAME_HEADER_BYTES + frame.body.len();
         let inbound = match frame.kind {
             FrameKind::App => Inbound::App {
                 from: peer,
@@ -725,11 +760,19 @@ async fn receive(s: &Rc<Shared>, stream: &mut TcpStream) -> Result<(), ConnError
         };
         // Back-pressure: stop reading while the loop is behind.
         s.inbound_room
-            .until(|| s.inbound.borrow().len() < s.config.inbound_messages_max)
+            .until(|| {
+                let held = s.inbound_bytes.get();
+                s.inbound.borrow().len() < s.config.inbound_messages_max
+                    && (held == 0 || held + frame_bytes <= s.config.inbound_bytes_max)
+            })
             .await;
-        s.inbound.borrow_mut().push_back(inbound);
+        s.inbound.borrow_mut().push_back((inbound, frame_bytes));
+        s.inbound_bytes.set(s.inbound_bytes.get() + frame_bytes);
         bump(&s.stats.frames_received);
         s.inbound_ready.wake_all();
+        if s.inbound.borrow().len() >= INBOUND_YIELD_MESSAGES {
+            future::yield_now().await;
+        }
     }
 }
 
@@ -801,7 +844,7 @@ async fn connect(s: &Shared, peer: &Peer) -> Result<TcpStream, ConnError> {
     .await?;
     sys::configure(&stream, &s.config.socket)?;
     write_frame(&mut stream, FrameKind::Hello, &s.local.encode()).await?;
-    let mut recv = RecvBuffer::new(HANDSHAKE_RECV_BYTES, HANDSHAKE_RECV_BYTES);
+    let mut recv = RecyclingBuffer::new(HANDSHAKE_RECV_BYTES, HANDSHAKE_RECV_BYTES);
     let decoder = FrameDecoder::new(HANDSHAKE_BODY_BYTES_MAX);
     let frame = with_timeout(
         s.config.handshake_timeout,

@@ -422,3 +422,37 @@ fn redials_after_the_peer_restarts() {
         assert_eq!(recv(&t2).await, Inbound::Raft(heartbeat(1, 2, 42)));
     });
 }
+
+#[test]
+fn received_bytes_waiting_for_the_loop_are_bounded() {
+    const APPENDS: u64 = 10;
+    const BOUND: usize = 150 << 10;
+    run(|| async {
+        let (t1, t2) = pair(|id, c| {
+            if id == 2 {
+                c.inbound_bytes_max = BOUND;
+            }
+        })
+        .await;
+        for i in 1..=APPENDS {
+            t1.send(append(1, 2, i, 64 << 10)).unwrap();
+        }
+        let mut got = 0;
+        let mut peak = 0;
+        while got < APPENDS {
+            let (messages, bytes) = t2.inbound_len();
+            assert!(
+                bytes <= BOUND || messages == 1,
+                "{messages} messages of {bytes} bytes held past the bound"
+            );
+            peak = peak.max(messages);
+            if let Some(m) = t2.try_recv() {
+                got += 1;
+                assert_eq!(m, Inbound::Raft(append(1, 2, got, 64 << 10)));
+            }
+            // Give the reader every chance to overfill the queue before the next check.
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(peak >= 2, "the queue did fill up to its bound");
+    });
+}

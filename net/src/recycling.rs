@@ -1,39 +1,40 @@
-//! A connection's receive buffer. Received frames are cut out of it without copying,
-//! so the frames the node still holds keep its allocation alive; instead of allocating
-//! a fresh buffer each time it fills (and paying the page faults of fresh memory, which
-//! cost more than the copy from the kernel on this path), the connection keeps a few
-//! retired buffers and reuses the first one whose frames have all been dropped.
+//! Buffers that frames are cut from without copying: a connection's receive buffer and
+//! the encoder's arena of frame heads. The frames still alive keep an allocation in
+//! use, so instead of allocating a fresh buffer each time one fills (and paying the page
+//! faults of fresh memory, which cost more than the copy from the kernel on the receive
+//! path), the owner keeps a few retired buffers and reuses the first one whose frames
+//! have all been dropped.
 
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-/// Retired buffers kept per connection for reuse. Enough to cover the frames a Raft
-/// loop iteration typically still holds; the bound caps the memory a connection pins
-/// at (1 + this) times its buffer size, plus any single larger frame.
-pub const RECV_BUFFERS_RETIRED_MAX: usize = 4;
+/// Retired buffers kept for reuse. Enough to cover the frames a Raft loop iteration
+/// typically still holds; the bound caps the memory an owner pins at (1 + this) times
+/// its buffer size, plus any single larger frame.
+pub const RETIRED_BUFFERS_MAX: usize = 4;
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct RecvBuffer {
+pub struct RecyclingBuffer {
     buf: BytesMut,
     retired: VecDeque<BytesMut>,
     chunk_bytes: usize,
     spare_bytes_min: usize,
 }
 
-impl RecvBuffer {
+impl RecyclingBuffer {
     /// An empty buffer (nothing is allocated until the first read) that grows in
     /// `chunk_bytes` allocations and reads into at least `spare_bytes_min` free bytes.
     ///
     /// # Panics
     /// If `spare_bytes_min` is 0 or exceeds `chunk_bytes`.
-    pub fn new(chunk_bytes: usize, spare_bytes_min: usize) -> RecvBuffer {
+    pub fn new(chunk_bytes: usize, spare_bytes_min: usize) -> RecyclingBuffer {
         assert!(
             spare_bytes_min > 0 && spare_bytes_min <= chunk_bytes,
             "receive buffer needs 0 < spare ({spare_bytes_min}) <= chunk ({chunk_bytes})"
         );
-        RecvBuffer {
+        RecyclingBuffer {
             buf: BytesMut::new(),
             retired: VecDeque::new(),
             chunk_bytes,
@@ -45,9 +46,9 @@ impl RecvBuffer {
     /// authenticated.
     ///
     /// # Panics
-    /// As [`RecvBuffer::new`].
+    /// As [`RecyclingBuffer::new`].
     pub fn set_sizes(&mut self, chunk_bytes: usize, spare_bytes_min: usize) {
-        let fresh = RecvBuffer::new(chunk_bytes, spare_bytes_min);
+        let fresh = RecyclingBuffer::new(chunk_bytes, spare_bytes_min);
         self.chunk_bytes = fresh.chunk_bytes;
         self.spare_bytes_min = fresh.spare_bytes_min;
     }
@@ -78,7 +79,7 @@ impl RecvBuffer {
         let mut old = std::mem::replace(&mut self.buf, next);
         old.clear();
         if old.capacity() > 0 {
-            if self.retired.len() == RECV_BUFFERS_RETIRED_MAX {
+            if self.retired.len() == RETIRED_BUFFERS_MAX {
                 self.retired.pop_front();
             }
             self.retired.push_back(old);
@@ -92,7 +93,7 @@ mod tests {
 
     #[test]
     fn a_buffer_whose_frames_were_dropped_is_reused() {
-        let mut r = RecvBuffer::new(1024, 64);
+        let mut r = RecyclingBuffer::new(1024, 64);
         r.make_room(0);
         let first = r.bytes().as_ptr();
         r.bytes().extend_from_slice(&[1; 1000]);
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn room_is_made_for_a_whole_announced_frame() {
-        let mut r = RecvBuffer::new(256, 16);
+        let mut r = RecyclingBuffer::new(256, 16);
         r.make_room(0);
         r.bytes().extend_from_slice(&[0; 20]);
         r.make_room(5000);
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn retired_buffers_are_bounded() {
-        let mut r = RecvBuffer::new(128, 16);
+        let mut r = RecyclingBuffer::new(128, 16);
         let mut held = Vec::new();
         for _ in 0..10 {
             r.make_room(0);
@@ -130,6 +131,6 @@ mod tests {
             r.bytes().extend_from_slice(&vec![0; spare]);
             held.push(r.bytes().split().freeze());
         }
-        assert!(r.retired.len() <= RECV_BUFFERS_RETIRED_MAX);
+        assert!(r.retired.len() <= RETIRED_BUFFERS_MAX);
     }
 }
