@@ -288,9 +288,11 @@ struct Shared {
     unreachable: RefCell<Vec<NodeId>>,
     accepted: Cell<usize>,
     stats: Stats,
-    closed: Cell<bool>,
-    /// Every task waits here (raced against its work) for shutdown.
-    closing: Wakers,
+    /// Every task this transport started and that is still running, so that dropping
+    /// the transport cancels them all. A task removes itself when it ends, so
+    /// connections that come and go leave nothing behind.
+    tasks: RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>,
+    next_task: Cell<u64>,
 }
 
 impl Shared {
@@ -301,13 +303,19 @@ impl Shared {
         }
     }
 
-    /// Runs `work` until it finishes or the transport shuts down.
-    async fn until_closed<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        future::or(async { Some(work.await) }, async {
-            self.closing.until(|| self.closed.get()).await;
-            None
+    /// Spawns `work` on this executor as a task the transport cancels when dropped.
+    fn spawn(self: &Rc<Shared>, work: impl Future<Output = ()> + 'static) {
+        let id = self.next_task.get();
+        self.next_task.set(id + 1);
+        let s = self.clone();
+        let handle = glommio::spawn_local(async move {
+            work.await;
+            // Dropping our own handle only detaches it; the task ends right after.
+            s.tasks.borrow_mut().remove(&id);
         })
-        .await
+        .detach();
+        // The task cannot have run yet: it was only scheduled.
+        self.tasks.borrow_mut().insert(id, handle);
     }
 }
 
@@ -356,21 +364,15 @@ impl Transport {
             unreachable: RefCell::new(Vec::new()),
             accepted: Cell::new(0),
             stats: Stats::default(),
-            closed: Cell::new(false),
-            closing: Wakers::default(),
+            tasks: RefCell::new(HashMap::new()),
+            next_task: Cell::new(0),
             config,
         });
         let s = shared.clone();
-        glommio::spawn_local(async move {
-            s.until_closed(accept_loop(&s, listener)).await;
-        })
-        .detach();
+        shared.spawn(async move { accept_loop(&s, listener).await });
         for &(id, _) in &shared.config.peers {
             let s = shared.clone();
-            glommio::spawn_local(async move {
-                s.until_closed(dial_loop(&s, id)).await;
-            })
-            .detach();
+            shared.spawn(async move { dial_loop(&s, id).await });
         }
         Ok(Transport { shared, local_addr })
     }
@@ -525,6 +527,12 @@ impl Transport {
         )
     }
 
+    /// Tasks this transport is running: the listener, one dialer per peer, one reader
+    /// per accepted connection.
+    pub fn running_tasks(&self) -> usize {
+        self.shared.tasks.borrow().len()
+    }
+
     /// Accepted connections currently open.
     pub fn inbound_connections(&self) -> usize {
         self.shared.accepted.get()
@@ -533,16 +541,12 @@ impl Transport {
 
 impl Drop for Transport {
     fn drop(&mut self) {
-        // Every task races its work against this; each ends (closing its socket) the
-        // next time the executor polls it.
-        self.shared.closed.set(true);
-        self.shared.closing.wake_all();
-        for p in self.shared.peers.values() {
-            p.work.wake_all();
-            p.room.wake_all();
+        // Each task is dropped (closing its socket) the next time the executor runs;
+        // the tasks hold the last references to the shared state, so it goes with them.
+        let tasks: Vec<_> = self.shared.tasks.borrow_mut().drain().collect();
+        for (_, handle) in tasks {
+            handle.cancel();
         }
-        self.shared.inbound_room.wake_all();
-        self.shared.inbound_ready.wake_all();
     }
 }
 
@@ -655,10 +659,7 @@ async fn accept_loop(s: &Rc<Shared>, listener: TcpListener) {
             }
         };
         let s2 = s.clone();
-        glommio::spawn_local(async move {
-            s2.until_closed(serve_accepted(&s2, stream)).await;
-        })
-        .detach();
+        s.spawn(async move { serve_accepted(&s2, stream).await });
     }
 }
 

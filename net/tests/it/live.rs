@@ -306,8 +306,12 @@ fn a_thousand_idle_connections_do_not_starve_a_peer() {
         for ctx in 0..20 {
             still_serves(&t2, &t1, 10_000 + ctx).await;
         }
+        // Listener, dialers to nodes 2 and 3, and the reader of node 2's connection,
+        // plus one reader per idle connection.
+        assert_eq!(t1.running_tasks(), 4 + IDLE);
         drop(idle);
         wait_until(|| t1.inbound_connections() == 1).await;
+        wait_until(|| t1.running_tasks() == 4).await;
         still_serves(&t2, &t1, 99_999).await;
         // Those that hung up mid-handshake are counted as truncated; nothing else is.
         for r in RejectReason::ALL {
