@@ -33,7 +33,7 @@ pub mod transport;
 pub use client::{ClientConnection, ClientError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind};
 pub use handshake::{Hello, Refusal};
-pub use message::{AppFrame, DecodeError, EncodeError, Encoder, OutFrame};
+pub use message::{AppFrame, DecodeError, EncodeError, Encoder, OutFrame, Payloads};
 pub use queue::{Lane, LaneLimits, QueueLimits};
 pub use resp::{ReplyDecoder, Request, RequestDecoder, RespError, RespLimits, RespValue};
 pub use stats::{RejectReason, Stats};

@@ -87,31 +87,66 @@ pub struct AppFrame {
     pub body: Bytes,
 }
 
+/// The reference-counted buffers that complete a frame's body after its head, in
+/// order. Entry payloads stay in the entries they came in: moving a message's `Vec`
+/// here costs nothing per entry, where building a list of payloads would allocate and
+/// touch every reference count.
+#[derive(Clone, Debug, Default)]
+pub enum Payloads {
+    #[default]
+    None,
+    /// Snapshot data or an application frame's bytes.
+    One(Bytes),
+    /// The payloads of these entries (empty ones carry nothing).
+    Entries(Vec<Entry>),
+}
+
+impl Payloads {
+    /// The non-empty payloads, in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        let (one, entries): (Option<&Bytes>, &[Entry]) = match self {
+            Payloads::None => (None, &[]),
+            Payloads::One(b) => (Some(b), &[]),
+            Payloads::Entries(e) => (None, e),
+        };
+        one.into_iter()
+            .chain(entries.iter().map(|e| &e.data))
+            .filter(|b| !b.is_empty())
+    }
+}
+
 /// A frame encoded for sending: `head` is the frame header followed by every fixed-size
 /// field of the body; `payloads` are the reference-counted buffers that complete the
 /// body, in order. Written with one gather (vectored) write; nothing is copied.
 #[derive(Clone, Debug)]
 pub struct OutFrame {
     pub head: Bytes,
-    pub payloads: Vec<Bytes>,
+    pub payloads: Payloads,
+    /// Bytes on the wire: head plus payloads (counted once, at encoding).
+    wire_bytes: usize,
 }
 
 impl OutFrame {
-    /// Bytes this frame occupies on the wire.
-    pub fn wire_bytes(&self) -> usize {
-        self.head.len() + self.payloads.iter().map(Bytes::len).sum::<usize>()
+    /// A frame from its parts (tests and queue bookkeeping).
+    pub fn new(head: Bytes, payloads: Payloads) -> OutFrame {
+        let wire_bytes = head.len() + payloads.iter().map(Bytes::len).sum::<usize>();
+        OutFrame {
+            head,
+            payloads,
+            wire_bytes,
+        }
     }
 
-    /// Number of gather slices the frame needs.
-    pub fn slices(&self) -> usize {
-        1 + self.payloads.len()
+    /// Bytes this frame occupies on the wire.
+    pub fn wire_bytes(&self) -> usize {
+        self.wire_bytes
     }
 
     /// The whole frame in one contiguous buffer (tests, fuzzing, handshakes).
     pub fn to_contiguous(&self) -> BytesMut {
-        let mut out = BytesMut::with_capacity(self.wire_bytes());
+        let mut out = BytesMut::with_capacity(self.wire_bytes);
         out.extend_from_slice(&self.head);
-        for p in &self.payloads {
+        for p in self.payloads.iter() {
             out.extend_from_slice(p);
         }
         out
@@ -189,24 +224,31 @@ impl Encoder {
         let head_body_bytes = MESSAGE_PREFIX_BYTES + fixed_body_bytes(&msg.body);
         self.build(frame_kind(&msg.body), head_body_bytes, |head| {
             put_message(head, msg);
-            let mut payloads = Vec::new();
-            visit_payloads(&msg.body, |p| push_payload(&mut payloads, p.clone()));
-            payloads
+            match &msg.body {
+                MessageBody::Append { entries, .. } | MessageBody::Propose { entries } => {
+                    Payloads::Entries(entries.clone())
+                }
+                MessageBody::Snapshot { snapshot } => Payloads::One(snapshot.data.clone()),
+                _ => Payloads::None,
+            }
         })
     }
 
-    /// Encodes a Raft message the caller gives up, moving its payloads into the frame:
-    /// no reference count is touched per entry.
+    /// Encodes a Raft message the caller gives up, moving its entries (and so their
+    /// payloads) into the frame: nothing is allocated or counted per entry.
     pub fn message_owned(&mut self, mut msg: Message) -> Result<OutFrame, EncodeError> {
         let head_body_bytes = MESSAGE_PREFIX_BYTES + fixed_body_bytes(&msg.body);
         self.build(frame_kind(&msg.body), head_body_bytes, |head| {
-            // Records (with the payload lengths) first, then the payloads move out.
             put_message(head, &msg);
-            let mut payloads = Vec::new();
-            visit_payloads_mut(&mut msg.body, |p| {
-                push_payload(&mut payloads, std::mem::take(p))
-            });
-            payloads
+            match &mut msg.body {
+                MessageBody::Append { entries, .. } | MessageBody::Propose { entries } => {
+                    Payloads::Entries(std::mem::take(entries))
+                }
+                MessageBody::Snapshot { snapshot } => {
+                    Payloads::One(std::mem::take(&mut snapshot.data))
+                }
+                _ => Payloads::None,
+            }
         })
     }
 
@@ -214,9 +256,7 @@ impl Encoder {
     pub fn app(&mut self, frame: &AppFrame) -> Result<OutFrame, EncodeError> {
         self.build(FrameKind::App, 4, |head| {
             head.put_u32_le(frame.tag);
-            let mut payloads = Vec::new();
-            push_payload(&mut payloads, frame.body.clone());
-            payloads
+            Payloads::One(frame.body.clone())
         })
     }
 
@@ -224,7 +264,7 @@ impl Encoder {
     pub fn raw(&mut self, kind: FrameKind, body: &[u8]) -> Result<OutFrame, EncodeError> {
         self.build(kind, body.len(), |head| {
             head.extend_from_slice(body);
-            Vec::new()
+            Payloads::None
         })
     }
 
@@ -234,7 +274,7 @@ impl Encoder {
         &mut self,
         kind: FrameKind,
         head_body_bytes: usize,
-        fill: impl FnOnce(&mut BytesMut) -> Vec<Bytes>,
+        fill: impl FnOnce(&mut BytesMut) -> Payloads,
     ) -> Result<OutFrame, EncodeError> {
         let head_bytes = FRAME_HEADER_BYTES + head_body_bytes;
         // Heads are carved from the arena; once every head of an old arena has been
@@ -245,8 +285,8 @@ impl Encoder {
         arena.put_bytes(0, FRAME_HEADER_BYTES);
         let payloads = fill(arena);
         debug_assert_eq!(arena.len(), head_bytes, "fixed_body_bytes is exact");
-        let body_len =
-            arena.len() - FRAME_HEADER_BYTES + payloads.iter().map(Bytes::len).sum::<usize>();
+        let payload_bytes: usize = payloads.iter().map(Bytes::len).sum();
+        let body_len = arena.len() - FRAME_HEADER_BYTES + payload_bytes;
         if body_len > self.body_bytes_max {
             arena.clear();
             return Err(EncodeError::TooLarge {
@@ -254,12 +294,13 @@ impl Encoder {
                 max: self.body_bytes_max,
             });
         }
-        let crc = crc32c_gathered(&arena[FRAME_HEADER_BYTES..], &payloads);
+        let crc = crc32c_gathered(&arena[FRAME_HEADER_BYTES..], payloads.iter());
         let header = FrameHeader::new(kind, body_len, crc);
         arena[..FRAME_HEADER_BYTES].copy_from_slice(header.as_bytes());
         Ok(OutFrame {
             head: arena.split().freeze(),
             payloads,
+            wire_bytes: FRAME_HEADER_BYTES + body_len,
         })
     }
 }
@@ -275,7 +316,7 @@ const CRC_STAGING_BYTES: usize = 4096;
 const _: () = assert!(CRC_DIRECT_BYTES_MIN <= CRC_STAGING_BYTES);
 
 /// CRC32C of `head` followed by every payload, as if they were one buffer.
-pub fn crc32c_gathered(head: &[u8], payloads: &[Bytes]) -> u32 {
+pub fn crc32c_gathered<'a>(head: &[u8], payloads: impl IntoIterator<Item = &'a Bytes>) -> u32 {
     let mut crc = crc32c::crc32c(head);
     let mut stage = [0u8; CRC_STAGING_BYTES];
     let mut staged = 0;
@@ -312,35 +353,6 @@ fn fixed_body_bytes(body: &MessageBody) -> usize {
         MessageBody::ReadIndex { .. } => 8,
         MessageBody::ReadIndexResponse { .. } => 16,
         MessageBody::TransferLeader { .. } => 8,
-    }
-}
-
-fn push_payload(payloads: &mut Vec<Bytes>, data: Bytes) {
-    // An empty slice would cost a gather entry and carry nothing.
-    if !data.is_empty() {
-        payloads.push(data);
-    }
-}
-
-/// Calls `f` on every payload of `body`, in wire order.
-fn visit_payloads(body: &MessageBody, mut f: impl FnMut(&Bytes)) {
-    match body {
-        MessageBody::Append { entries, .. } | MessageBody::Propose { entries } => {
-            entries.iter().for_each(|e| f(&e.data));
-        }
-        MessageBody::Snapshot { snapshot } => f(&snapshot.data),
-        _ => {}
-    }
-}
-
-/// [`visit_payloads`] for a body the caller owns.
-fn visit_payloads_mut(body: &mut MessageBody, mut f: impl FnMut(&mut Bytes)) {
-    match body {
-        MessageBody::Append { entries, .. } | MessageBody::Propose { entries } => {
-            entries.iter_mut().for_each(|e| f(&mut e.data));
-        }
-        MessageBody::Snapshot { snapshot } => f(&mut snapshot.data),
-        _ => {}
     }
 }
 
@@ -688,7 +700,7 @@ mod tests {
         let out = enc.message(&msg).unwrap();
         // Entry 0 is empty and needs no slice; entries 1..4 are sent from their own
         // buffers.
-        assert_eq!(out.payloads.len(), 3);
+        assert_eq!(out.payloads.iter().count(), 3);
         let MessageBody::Append { entries, .. } = &msg.body else {
             unreachable!()
         };
@@ -698,7 +710,7 @@ mod tests {
         // Giving the message up moves the same buffers into the frame, same bytes.
         let owned = enc.message_owned(msg.clone()).unwrap();
         assert_eq!(owned.to_contiguous(), out.to_contiguous());
-        for (p, q) in owned.payloads.iter().zip(&out.payloads) {
+        for (p, q) in owned.payloads.iter().zip(out.payloads.iter()) {
             assert_eq!(p.as_ptr(), q.as_ptr());
         }
         let mut wire = out.to_contiguous();

@@ -16,6 +16,8 @@ use std::collections::VecDeque;
 
 use crate::frame::ENTRY_BATCH_BYTES_MAX;
 use crate::message::OutFrame;
+#[cfg(test)]
+use crate::message::Payloads;
 
 /// Default bound on queued bulk messages per peer: the engine keeps at most 512 appends
 /// in flight per peer (etcd `maxInflightMsgs`), so a healthy peer never fills it.
@@ -195,10 +197,7 @@ mod tests {
     use bytes::Bytes;
 
     fn frame(bytes: usize, marker: u8) -> OutFrame {
-        OutFrame {
-            head: Bytes::from(vec![marker; bytes]),
-            payloads: Vec::new(),
-        }
+        OutFrame::new(Bytes::from(vec![marker; bytes]), Payloads::None)
     }
 
     fn limits(msgs: usize, bytes: usize) -> QueueLimits {

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
+
+use crate::message::OutFrame;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 /// Most slices one `sendmsg` takes (Linux `UIO_MAXIOV`); longer gather lists are
@@ -103,31 +105,53 @@ pub async fn read_into(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usi
     }
 }
 
-/// Gathers `slices[idx][offset..]` and the slices after it into `iov`, merging
-/// neighbours that are adjacent in memory (entry payloads cut from one buffer are), up
-/// to [`IOV_MAX`] entries. The merged ranges go to the kernel as raw iovecs only: no
-/// Rust slice ever spans two of the caller's slices.
-fn gather(slices: &[&[u8]], idx: usize, offset: usize, iov: &mut Vec<libc::iovec>) {
-    iov.clear();
-    let first = &slices[idx][offset..];
-    let rest = slices[idx + 1..].iter().copied();
-    for s in std::iter::once(first).chain(rest) {
-        if s.is_empty() {
-            continue;
-        }
-        if let Some(last) = iov.last_mut() {
-            if (last.iov_base as usize).wrapping_add(last.iov_len) == s.as_ptr() as usize {
-                last.iov_len += s.len();
+/// Reusable gather storage for [`write_frames`]: raw iovecs carry no lifetime, so a
+/// writer keeps one of these across batches instead of allocating per write.
+#[derive(Default)]
+pub struct GatherBuf {
+    /// One iovec per non-empty head or payload of the batch, in order.
+    flat: Vec<libc::iovec>,
+    /// What one `sendmsg` takes: `flat` from the cursor on, neighbours merged.
+    merged: Vec<libc::iovec>,
+}
+
+impl std::fmt::Debug for GatherBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatherBuf")
+            .field("flat", &self.flat.len())
+            .field("merged", &self.merged.len())
+            .finish()
+    }
+}
+
+fn iovec(s: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: s.as_ptr() as *mut libc::c_void,
+        iov_len: s.len(),
+    }
+}
+
+/// Fills `out` with `flat[idx..]` (the first one `offset` bytes in), merging neighbours
+/// that are adjacent in memory (entry payloads cut from one buffer are), up to
+/// [`IOV_MAX`] entries. Merged ranges only ever go to the kernel: no Rust slice spans
+/// two of the original slices.
+fn merge(flat: &[libc::iovec], idx: usize, offset: usize, out: &mut Vec<libc::iovec>) {
+    out.clear();
+    let first = libc::iovec {
+        iov_base: (flat[idx].iov_base as usize + offset) as *mut libc::c_void,
+        iov_len: flat[idx].iov_len - offset,
+    };
+    for v in std::iter::once(first).chain(flat[idx + 1..].iter().copied()) {
+        if let Some(last) = out.last_mut() {
+            if (last.iov_base as usize).wrapping_add(last.iov_len) == v.iov_base as usize {
+                last.iov_len += v.iov_len;
                 continue;
             }
-            if iov.len() == IOV_MAX {
+            if out.len() == IOV_MAX {
                 break;
             }
         }
-        iov.push(libc::iovec {
-            iov_base: s.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        });
+        out.push(v);
     }
 }
 
@@ -138,8 +162,8 @@ fn sendmsg_now(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
     // MSG_NOSIGNAL: a peer that went away is an error return, not SIGPIPE.
-    // SAFETY: every iovec points into a slice the caller keeps borrowed for this call,
-    // and the kernel only reads from them.
+    // SAFETY: every iovec points into memory the caller keeps borrowed for this call,
+    // and the kernel only reads from it.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -148,24 +172,37 @@ fn sendmsg_now(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     }
 }
 
-/// Writes every slice of `slices` with as few `sendmsg` calls as the kernel allows,
-/// waiting for writability through glommio when the socket buffer is full.
-pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io::Result<()> {
-    let mut idx = 0; // first slice not yet fully written
-    let mut offset = 0; // bytes of slices[idx] already written
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(slices.len().min(IOV_MAX));
-    // Skip leading empty slices so the cursor always points at unwritten bytes.
-    while idx < slices.len() && slices[idx].len() == offset {
-        idx += 1;
+/// Writes every frame of `frames` (heads and payloads) with as few `sendmsg` calls as
+/// the kernel allows, waiting for writability through glommio when the socket buffer
+/// is full.
+pub async fn write_frames(
+    stream: &mut TcpStream,
+    frames: &[OutFrame],
+    buf: &mut GatherBuf,
+) -> io::Result<()> {
+    buf.flat.clear();
+    for f in frames {
+        for s in std::iter::once(&f.head).chain(f.payloads.iter()) {
+            if !s.is_empty() {
+                buf.flat.push(iovec(s));
+            }
+        }
     }
-    while idx < slices.len() {
-        gather(slices, idx, offset, &mut iov);
-        let mut n = match sendmsg_now(stream.as_raw_fd(), &iov) {
+    let mut idx = 0; // first iovec not yet fully written
+    let mut offset = 0; // bytes of flat[idx] already written
+    while idx < buf.flat.len() {
+        merge(&buf.flat, idx, offset, &mut buf.merged);
+        let mut n = match sendmsg_now(stream.as_raw_fd(), &buf.merged) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let v = buf.flat[idx];
+                // SAFETY: `v` was made above from one head or payload of `frames`,
+                // which stays borrowed (and so alive and unchanged) for this whole call.
+                let current =
+                    unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
                 // glommio's write waits for writability, then sends part of one slice.
-                stream.write(&slices[idx][offset..]).await?
+                stream.write(&current[offset..]).await?
             }
             Err(e) => return Err(e),
         };
@@ -176,7 +213,7 @@ pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io:
             ));
         }
         while n > 0 {
-            let left = slices[idx].len() - offset;
+            let left = buf.flat[idx].iov_len - offset;
             if n >= left {
                 n -= left;
                 idx += 1;
@@ -185,10 +222,6 @@ pub async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io:
                 offset += n;
                 n = 0;
             }
-        }
-        while idx < slices.len() && slices[idx].len() == offset {
-            idx += 1;
-            offset = 0;
         }
     }
     Ok(())
@@ -199,20 +232,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gather_merges_adjacent_slices_and_caps_the_count() {
+    fn merge_joins_adjacent_slices_and_caps_the_count() {
         let block = vec![7u8; 4096];
         let (a, b) = block.split_at(100);
         let other = vec![1u8; 10];
-        let slices: Vec<&[u8]> = vec![&a[..50], &a[50..], &[], b, &other];
-        let mut iov = Vec::new();
-        gather(&slices, 0, 10, &mut iov);
-        let lens: Vec<usize> = iov.iter().map(|v| v.iov_len).collect();
+        let flat = [iovec(&a[..50]), iovec(&a[50..]), iovec(b), iovec(&other)];
+        let mut out = Vec::new();
+        merge(&flat, 0, 10, &mut out);
+        let lens: Vec<usize> = out.iter().map(|v| v.iov_len).collect();
         assert_eq!(lens, [4086, 10], "three adjacent slices become one iovec");
-        assert_eq!(iov[0].iov_base as usize, block.as_ptr() as usize + 10);
+        assert_eq!(out[0].iov_base as usize, block.as_ptr() as usize + 10);
         // Slices with a one-byte gap between them cannot merge.
         let spaced = vec![0u8; 4 * (IOV_MAX + 5)];
-        let refs: Vec<&[u8]> = spaced.chunks(4).map(|c| &c[..3]).collect();
-        gather(&refs, 0, 0, &mut iov);
-        assert_eq!(iov.len(), IOV_MAX);
+        let flat: Vec<libc::iovec> = spaced.chunks(4).map(|c| iovec(&c[..3])).collect();
+        merge(&flat, 0, 0, &mut out);
+        assert_eq!(out.len(), IOV_MAX);
     }
 }

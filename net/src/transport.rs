@@ -36,7 +36,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::future;
+use futures_lite::{AsyncWriteExt, future};
 use glommio::net::{TcpListener, TcpStream};
 use log::{debug, info, warn};
 use skiff_engine::{Message, NodeId};
@@ -627,10 +627,11 @@ async fn read_frame(
     }
 }
 
+/// Writes one handshake frame (small, contiguous; no gathering needed).
 async fn write_frame(stream: &mut TcpStream, kind: FrameKind, body: &[u8]) -> io::Result<()> {
     let mut wire = BytesMut::with_capacity(FRAME_HEADER_BYTES + body.len());
     crate::frame::encode_frame(kind, body, &mut wire);
-    sys::write_all_vectored(stream, &[&wire]).await
+    stream.write_all(&wire).await
 }
 
 async fn with_timeout<T>(
@@ -884,6 +885,8 @@ async fn connect(s: &Shared, peer: &Peer) -> Result<TcpStream, ConnError> {
 /// HelloAccept, so readability means end of stream (or a misbehaving peer).
 async fn write_loop(s: &Shared, peer: &Peer, stream: &mut TcpStream) -> ConnError {
     let mut batch: Vec<OutFrame> = Vec::new();
+    // Reused across batches: steady sending allocates nothing per write.
+    let mut gather = sys::GatherBuf::default();
     loop {
         if peer.queue.borrow().is_empty() {
             let mut probe = [0u8; 1];
@@ -907,11 +910,7 @@ async fn write_loop(s: &Shared, peer: &Peer, stream: &mut TcpStream) -> ConnErro
             .take_batch(&mut batch, WRITE_BATCH_BYTES_MAX);
         // Room was freed: producers waiting for capacity may go on.
         peer.room.wake_all();
-        let slices: Vec<&[u8]> = batch
-            .iter()
-            .flat_map(|f| std::iter::once(&f.head[..]).chain(f.payloads.iter().map(|p| &p[..])))
-            .collect();
-        if let Err(e) = sys::write_all_vectored(stream, &slices).await {
+        if let Err(e) = sys::write_frames(stream, &batch, &mut gather).await {
             let lost = batch.len() as u64;
             s.stats
                 .dropped_disconnected
@@ -921,7 +920,6 @@ async fn write_loop(s: &Shared, peer: &Peer, stream: &mut TcpStream) -> ConnErro
         s.stats
             .frames_sent
             .set(s.stats.frames_sent.get() + batch.len() as u64);
-        drop(slices);
         batch.clear();
     }
 }
