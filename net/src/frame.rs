@@ -314,7 +314,8 @@ impl FrameDecoder {
 }
 
 /// Appends a whole frame (header and contiguous body) to `out`. Used for handshakes and
-/// by tests; Raft messages are encoded by `message.rs` without gathering the payloads.
+/// by tests; Raft messages are encoded by `message.rs`, which gathers their payloads
+/// instead of copying them next to the header.
 ///
 /// # Panics
 /// If `body` is longer than the u32 length field.
