@@ -1,5 +1,27 @@
-//! The Skiff node (work in progress).
+//! The Skiff node: the `skiff` binary's library.
+//!
+//! # Layout
+//!
+//! - [`server`]: start-up checks, the data directory's identity, listeners, the shard
+//!   executor, graceful stop.
+//! - [`shard`]: one Raft group member on one core: the Ready loop, client requests,
+//!   snapshots.
+//! - [`client`]: a RESP client connection (pipelining, protocol errors).
+//! - [`commands`]: what each client command is and how it is answered.
+//! - [`kv`]: the replicated state machine and the entry encoding of writes.
+//! - [`snapshot`]: snapshot files: format, writing, reading, receiving in chunks.
+//! - [`status`]: what shards publish for the admin port.
+//! - [`local`]: `skiff local`, a whole cluster on loopback.
+//! - [`cli`]: command-line flags.
 
+pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod kv;
+pub mod local;
+pub mod logging;
+pub mod server;
+pub mod shard;
 pub mod snapshot;
+pub mod status;
+pub mod sync;

@@ -42,6 +42,37 @@ pub const FSYNC_WARN_MS_DEFAULT: u64 = 100;
 /// An apply batch slower than this is logged with the histogram to read.
 pub const APPLY_WARN_MS_DEFAULT: u64 = 100;
 
+/// Every key of the schema; the flags have the same names with `-` for `_`.
+pub const KEYS: &[&str] = &[
+    "id",
+    "cluster",
+    "cluster_name",
+    "client_addr",
+    "admin_addr",
+    "data_dir",
+    "bootstrap",
+    "join",
+    "cpu",
+    "numa_node",
+    "tick_ms",
+    "heartbeat_ticks",
+    "election_ticks",
+    "pre_vote",
+    "check_quorum",
+    "read_mode",
+    "max_size_per_msg",
+    "max_inflight_msgs",
+    "frame_bytes_max",
+    "wal_segment_bytes",
+    "snapshot_log_bytes",
+    "max_clients",
+    "max_pending_proposals",
+    "max_pending_reads",
+    "request_timeout_ms",
+    "fsync_warn_ms",
+    "apply_warn_ms",
+];
+
 /// How linearizable reads are confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +108,16 @@ pub struct NodeConfig {
     pub admin_addr: String,
     /// Where the WAL, snapshots and the identity file live. Required.
     pub data_dir: PathBuf,
+    /// Found a new cluster (every member of `cluster` a voter) if the data directory
+    /// is empty. Give it on every member's first start only. Default false.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Start with an empty data directory and wait to be added by the cluster's
+    /// leader (`POST /members/add`). Default false. Without `bootstrap` or `join`, a
+    /// node refuses to start on an empty data directory: it may have lost its data,
+    /// and a blank member could help elect a leader that lacks committed writes.
+    #[serde(default)]
+    pub join: bool,
     /// CPU to pin the shard to. Default: unpinned.
     #[serde(default)]
     pub cpu: Option<u32>,
@@ -411,6 +452,11 @@ impl NodeConfig {
         if self.request_timeout_ms == 0 {
             return Err(err("request_timeout_ms must be at least 1"));
         }
+        if self.bootstrap && self.join {
+            return Err(err(
+                "bootstrap and join are exclusive: bootstrap founds a new cluster, join enters an existing one",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(err("data_dir is empty; give the directory for the WAL and snapshots"));
         }
@@ -513,11 +559,24 @@ mod tests {
             ("wal_segment_bytes = 5000", "wal_segment_bytes"),
             ("max_clients = 0", "max_clients"),
             ("request_timeout_ms = 0", "request_timeout_ms"),
+            ("bootstrap = true\njoin = true", "exclusive"),
         ];
         for (extra, needle) in cases {
             let e = with(extra).and_then(|c| c.validate(&topo())).expect_err(extra);
             assert!(e.0.contains(needle), "{extra}: error {:?} does not mention {needle:?}", e.0);
         }
+    }
+
+    /// `KEYS` is exactly the schema: serde lists the expected fields when it meets an
+    /// unknown one.
+    #[test]
+    fn keys_list_matches_the_schema() {
+        let e = with("zzz = 1").unwrap_err().0;
+        let serde_part = e.split(" (check").next().unwrap();
+        let listed: std::collections::BTreeSet<&str> =
+            serde_part.split('`').skip(3).step_by(2).filter(|s| !s.is_empty()).collect();
+        let keys: std::collections::BTreeSet<&str> = KEYS.iter().copied().collect();
+        assert_eq!(listed, keys, "{e}");
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! Command-line interface: `skiff serve` (every config key is also a flag, and a flag
+//! overrides the file), `skiff local`, `skiff tune`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Skiff: a Raft-replicated key-value store that speaks the Redis protocol.
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// Run a whole cluster on loopback in the foreground (Ctrl-C stops it).
+    Local(LocalArgs),
+    /// Show this machine's CPUs and NUMA nodes and suggest where to pin the shard.
+    Tune,
+}
+
+/// `skiff serve`: each flag is the config key of the same name (`-` for `_`).
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a member of --cluster).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member's peer address: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// RESP listen address.
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Admin HTTP listen address.
+    #[arg(long)]
+    pub admin_addr: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// CPU to pin the shard to (unset: unpinned).
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    #[arg(long)]
+    pub numa_node: Option<u32>,
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    #[arg(long)]
+    pub heartbeat_ticks: Option<u32>,
+    #[arg(long)]
+    pub election_ticks: Option<u32>,
+    #[arg(long)]
+    pub pre_vote: Option<bool>,
+    #[arg(long)]
+    pub check_quorum: Option<bool>,
+    /// safe (ReadIndex) or lease.
+    #[arg(long)]
+    pub read_mode: Option<String>,
+    #[arg(long)]
+    pub max_size_per_msg: Option<u64>,
+    #[arg(long)]
+    pub max_inflight_msgs: Option<usize>,
+    #[arg(long)]
+    pub frame_bytes_max: Option<u64>,
+    #[arg(long)]
+    pub wal_segment_bytes: Option<u64>,
+    #[arg(long)]
+    pub snapshot_log_bytes: Option<u64>,
+    #[arg(long)]
+    pub max_clients: Option<usize>,
+    #[arg(long)]
+    pub max_pending_proposals: Option<usize>,
+    #[arg(long)]
+    pub max_pending_reads: Option<usize>,
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub fsync_warn_ms: Option<u64>,
+    #[arg(long)]
+    pub apply_warn_ms: Option<u64>,
+    /// Found a new cluster if the data directory is empty (first start only).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Start empty and wait to be added by the leader.
+    #[arg(long)]
+    pub join: bool,
+}
+
+/// `skiff local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// First port: node i listens on BASE+i (client), BASE+100+i (peer) and
+    /// BASE+200+i (admin). Default: free ports picked at start.
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Where the nodes' data directories go (it must support O_DIRECT: not tmpfs).
+    /// Default: a new directory under /var/tmp, removed on exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the data directory on exit.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Extra flags passed to every `skiff serve`, e.g. -- --tick-ms 50.
+    #[arg(last = true)]
+    pub serve_args: Vec<String>,
+}
+
+fn put<T: Into<toml::Value>>(t: &mut toml::Table, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        t.insert(key.to_string(), v.into());
+    }
+}
+
+fn put_int<T: TryInto<i64>>(t: &mut toml::Table, key: &str, v: Option<T>) -> Result<(), String> {
+    if let Some(v) = v {
+        let n: i64 = v.try_into().map_err(|_| format!("--{} is too large", key.replace('_', "-")))?;
+        t.insert(key.to_string(), toml::Value::Integer(n));
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// The flags given, as config keys.
+    pub fn overrides(&self) -> Result<toml::Table, String> {
+        let mut t = toml::Table::new();
+        put_int(&mut t, "id", self.id)?;
+        put(&mut t, "cluster", self.cluster.clone());
+        put(&mut t, "cluster_name", self.cluster_name.clone());
+        put(&mut t, "client_addr", self.client_addr.clone());
+        put(&mut t, "admin_addr", self.admin_addr.clone());
+        put(&mut t, "data_dir", self.data_dir.as_ref().map(|p| p.to_string_lossy().into_owned()));
+        put_int(&mut t, "cpu", self.cpu)?;
+        put_int(&mut t, "numa_node", self.numa_node)?;
+        put_int(&mut t, "tick_ms", self.tick_ms)?;
+        put_int(&mut t, "heartbeat_ticks", self.heartbeat_ticks)?;
+        put_int(&mut t, "election_ticks", self.election_ticks)?;
+        put(&mut t, "pre_vote", self.pre_vote);
+        put(&mut t, "check_quorum", self.check_quorum);
+        put(&mut t, "read_mode", self.read_mode.clone());
+        put_int(&mut t, "max_size_per_msg", self.max_size_per_msg)?;
+        put_int(&mut t, "max_inflight_msgs", self.max_inflight_msgs)?;
+        put_int(&mut t, "frame_bytes_max", self.frame_bytes_max)?;
+        put_int(&mut t, "wal_segment_bytes", self.wal_segment_bytes)?;
+        put_int(&mut t, "snapshot_log_bytes", self.snapshot_log_bytes)?;
+        put_int(&mut t, "max_clients", self.max_clients)?;
+        put_int(&mut t, "max_pending_proposals", self.max_pending_proposals)?;
+        put_int(&mut t, "max_pending_reads", self.max_pending_reads)?;
+        put_int(&mut t, "request_timeout_ms", self.request_timeout_ms)?;
+        put_int(&mut t, "fsync_warn_ms", self.fsync_warn_ms)?;
+        put_int(&mut t, "apply_warn_ms", self.apply_warn_ms)?;
+        if self.bootstrap {
+            t.insert("bootstrap".into(), true.into());
+        }
+        if self.join {
+            t.insert("join".into(), true.into());
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every key of the configuration schema can be given as a flag.
+    #[test]
+    fn every_config_key_has_a_flag() {
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+        let flags: Vec<String> = serve.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+        for key in skiff_tuning::config::KEYS {
+            let flag = key.replace('_', "-");
+            assert!(flags.contains(&flag), "config key {key} has no --{flag}");
+        }
+    }
+
+    #[test]
+    fn flags_become_config_keys() {
+        let cli = Cli::try_parse_from([
+            "skiff",
+            "serve",
+            "--id",
+            "2",
+            "--cluster",
+            "1=127.0.0.1:1,2=127.0.0.1:2",
+            "--data-dir",
+            "/d",
+            "--tick-ms",
+            "50",
+            "--pre-vote",
+            "false",
+            "--bootstrap",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let t = args.overrides().unwrap();
+        let cfg = skiff_tuning::load(None, t).unwrap();
+        assert_eq!((cfg.id, cfg.tick_ms, cfg.pre_vote, cfg.bootstrap), (2, 50, false, true));
+        assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+    }
+}

@@ -1,0 +1,346 @@
+//! Starting and stopping a node: start-up checks with operator-facing errors, the data
+//! directory's identity, exclusive listeners, the shard's pinned executor, and the
+//! graceful stop.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use log::{error, info, warn};
+use skiff_engine::ReadMode;
+use skiff_tuning::{NodeConfig, ReadModeSetting, Topology};
+
+use crate::shard::{Shard, ShardParams, StartMode};
+use crate::status::Published;
+
+/// glommio refuses to start with less locked memory than this (RUNTIME-NOTES).
+pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
+/// Locked memory each executor's io_uring registers (3 rings x 10 MiB by default);
+/// below it a non-root process silently loses registered buffers.
+pub const MEMLOCK_BYTES_PER_SHARD: u64 = 30 << 20;
+/// Name of the identity file in the data directory.
+pub const IDENTITY_FILE: &str = "skiff.id";
+
+/// Why the node could not start; the text says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn err(s: impl Into<String>) -> StartError {
+    StartError(s.into())
+}
+
+/// A stable 64-bit id for a cluster name (FNV-1a), carried in WAL segment headers,
+/// snapshot files and the peer handshake.
+pub fn cluster_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+/// The node's three listeners, bound before anything else starts, exclusively (no
+/// SO_REUSEPORT: two processes configured with one port must not share it silently).
+#[derive(Debug)]
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+    pub admin: TcpListener,
+}
+
+fn bind(what: &str, key: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            err(format!(
+                "{what} address {addr} is already in use (another process listens there); stop it or choose another {key}"
+            ))
+        } else if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            err(format!("{what} address {addr} is not an address of this host; fix {key}"))
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+            err(format!("{what} address {addr}: permission denied (ports below 1024 need privileges); fix {key}"))
+        } else {
+            err(format!("cannot listen on {what} address {addr}: {e}"))
+        }
+    })
+}
+
+/// Binds the client, peer and admin listeners of a validated configuration.
+pub fn bind_listeners(cfg: &NodeConfig) -> Result<Listeners, StartError> {
+    let resolve = |what: &str, a: &str| skiff_tuning::resolve(what, a).map_err(|e| err(e.to_string()));
+    let peer_addr = resolve("peer address", cfg.peer_addr().expect("validated"))?;
+    Ok(Listeners {
+        client: bind("client", "client_addr", resolve("client_addr", &cfg.client_addr)?)?,
+        peer: bind("peer", &format!("cluster member {}", cfg.id), peer_addr)?,
+        admin: bind("admin", "admin_addr", resolve("admin_addr", &cfg.admin_addr)?)?,
+    })
+}
+
+/// Checks RLIMIT_MEMLOCK against what io_uring needs.
+pub fn check_memlock(shards: u64) -> Result<(), StartError> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cur = lim.rlim_cur;
+    if cur == libc::RLIM_INFINITY || root {
+        return Ok(());
+    }
+    let fix =
+        "raise it: `ulimit -l unlimited` in the shell that starts skiff, or LimitMEMLOCK=infinity in its systemd unit";
+    if cur < MEMLOCK_BYTES_MIN {
+        return Err(err(format!("RLIMIT_MEMLOCK is {cur} bytes; io_uring needs at least {MEMLOCK_BYTES_MIN}: {fix}")));
+    }
+    if cur < MEMLOCK_BYTES_PER_SHARD * shards {
+        warn!(
+            "RLIMIT_MEMLOCK is {cur} bytes, less than the {} bytes {shards} shard(s) register; io_uring will run without \
+             registered buffers (slower): {fix}",
+            MEMLOCK_BYTES_PER_SHARD * shards
+        );
+    }
+    Ok(())
+}
+
+/// Creates the data directory if missing, checks it is writable, and checks (or
+/// writes, on first start) its identity: a directory of another cluster or node is
+/// refused.
+pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        err(format!("cannot create data_dir {}: {e}; create it and give this user write access", dir.display()))
+    })?;
+    let probe = dir.join(".skiff-write-probe");
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        err(format!(
+            "data_dir {} is not writable by this user: {e}; fix its permissions or choose another",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    let id_path = dir.join(IDENTITY_FILE);
+    let want = format!(
+        "cluster_name = {:?}\ncluster_id = {}\nnode_id = {}\n",
+        cfg.cluster_name,
+        cluster_id(&cfg.cluster_name),
+        cfg.id
+    );
+    match std::fs::read_to_string(&id_path) {
+        Ok(have) => {
+            if have != want {
+                return Err(err(format!(
+                    "data_dir {} belongs to another node or cluster ({}); this node is cluster {:?} node {}. Use this \
+                     node's own data directory",
+                    dir.display(),
+                    have.trim().replace('\n', ", "),
+                    cfg.cluster_name,
+                    cfg.id
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let foreign: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| err(format!("cannot list data_dir {}: {e}", dir.display())))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !foreign.is_empty() {
+                return Err(err(format!(
+                    "data_dir {} is not empty ({}) but has no {IDENTITY_FILE}: it is not a Skiff data directory; \
+                     choose an empty directory",
+                    dir.display(),
+                    foreign.join(", ")
+                )));
+            }
+            write_durably(&id_path, want.as_bytes())
+                .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))?;
+        }
+        Err(e) => return Err(err(format!("cannot read {}: {e}", id_path.display()))),
+    }
+    Ok(dir.join("shard-0"))
+}
+
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// The shard parameters of a validated configuration.
+pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, StartError> {
+    let mut members = Vec::new();
+    for (&id, addr) in &cfg.cluster {
+        members
+            .push((id, skiff_tuning::resolve(&format!("cluster member {id}"), addr).map_err(|e| err(e.to_string()))?));
+    }
+    let mut engine = skiff_engine::Config::new(cfg.id);
+    engine.election_ticks = cfg.election_ticks;
+    engine.heartbeat_ticks = cfg.heartbeat_ticks;
+    engine.max_size_per_msg = cfg.max_size_per_msg;
+    engine.max_inflight_msgs = cfg.max_inflight_msgs;
+    engine.check_quorum = cfg.check_quorum;
+    engine.pre_vote = cfg.pre_vote;
+    engine.read_mode = match cfg.read_mode {
+        ReadModeSetting::Safe => ReadMode::Safe,
+        ReadModeSetting::Lease => ReadMode::Lease,
+    };
+    engine.seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(cfg.id, |d| d.as_nanos() as u64)
+            ^ cfg.id.rotate_left(32);
+    engine.validate().map_err(|e| err(e.to_string()))?;
+    Ok(ShardParams {
+        node_id: cfg.id,
+        shard: 0,
+        cluster_id: cluster_id(&cfg.cluster_name),
+        engine,
+        dir,
+        members,
+        start: if cfg.bootstrap {
+            StartMode::Bootstrap
+        } else if cfg.join {
+            StartMode::Join
+        } else {
+            StartMode::Restart
+        },
+        tick: Duration::from_millis(cfg.tick_ms),
+        heartbeat_ticks: cfg.heartbeat_ticks,
+        wal_segment_bytes: cfg.wal_segment_bytes,
+        frame_bytes_max: cfg.frame_bytes_max as usize,
+        snapshot_log_bytes: cfg.snapshot_log_bytes,
+        max_clients: cfg.max_clients,
+        max_pending_proposals: cfg.max_pending_proposals,
+        max_pending_reads: cfg.max_pending_reads,
+        request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        fsync_warn: Duration::from_millis(cfg.fsync_warn_ms),
+        apply_warn: Duration::from_millis(cfg.apply_warn_ms),
+    })
+}
+
+/// A running node: its shard executor thread and what it publishes.
+#[derive(Debug)]
+pub struct Running {
+    pub published: Arc<Published>,
+    pub stop: Arc<AtomicBool>,
+    shard_thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Running {
+    /// Asks the node to stop (as SIGTERM does).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the node to stop; the error is why it stopped on its own.
+    pub fn wait(mut self) -> Result<(), StartError> {
+        match self.shard_thread.take().map(|h| h.join()) {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(err(e)),
+            Some(Err(_)) => Err(err("the shard thread panicked")),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.request_stop();
+        if let Some(h) = self.shard_thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a node from a validated configuration and bound listeners. Returns once the
+/// shard has opened its WAL and started serving (or failed to).
+pub fn start(cfg: &NodeConfig, listeners: Listeners, topology: &Topology) -> Result<Running, StartError> {
+    cfg.validate(topology).map_err(|e| err(e.to_string()))?;
+    check_memlock(1)?;
+    let dir = prepare_data_dir(cfg)?;
+    let params = shard_params(cfg, dir)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(Published::default());
+    let placement = match cfg.cpu {
+        Some(cpu) => Placement::Fixed(cpu as usize),
+        None => Placement::Unbound,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (stop2, pub2) = (stop.clone(), published.clone());
+    let Listeners { client, peer, admin } = listeners;
+    // The admin port arrives with its own module; until then its listener is held so
+    // that the address stays reserved and a second node cannot take it.
+    let _admin_listener = admin;
+    let handle = LocalExecutorBuilder::new(placement)
+        .name("skiff-shard-0")
+        .spawn(move || async move {
+            let shard = match Shard::open(params, peer, stop2, pub2).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(e.to_string());
+                }
+            };
+            let accept = glommio::spawn_local(accept_clients(shard.clone(), client));
+            let _ = ready_tx.send(Ok(()));
+            let res = shard.clone().run().await;
+            drop(accept);
+            let closed = shard.close().await;
+            res.map_err(|e| e.to_string())?;
+            closed.map_err(|e| e.to_string())
+        })
+        .map_err(|e| err(format!("cannot start the shard executor: {e}")))?;
+    let handle = std::thread::spawn(move || handle.join().unwrap_or_else(|e| Err(format!("shard executor: {e}"))));
+    match ready_rx.recv() {
+        Ok(Ok(())) => {
+            info!(
+                "node {} serving: client {}, peer {}, admin {}",
+                cfg.id,
+                cfg.client_addr,
+                cfg.peer_addr().unwrap_or("?"),
+                cfg.admin_addr
+            );
+            Ok(Running { published, stop, shard_thread: Some(handle) })
+        }
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(err(e))
+        }
+        Err(_) => {
+            let r = handle.join();
+            Err(err(format!("the shard stopped while starting: {r:?}")))
+        }
+    }
+}
+
+async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the fd comes from a bound, listening std listener handed over here.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving those connected.
+                error!("accepting a client connection: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !shard.admit_client() {
+            let mut s = stream;
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut s, b"-ERR max number of clients reached\r\n").await;
+            let _ = futures_lite::AsyncWriteExt::close(&mut s).await;
+            continue;
+        }
+        glommio::spawn_local(crate::shard::serve_client(shard.clone(), stream)).detach();
+    }
+}

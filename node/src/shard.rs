@@ -1,0 +1,1053 @@
+//! One shard: a member of one Raft group, on one core. It owns the engine, the WAL, the
+//! peer transport, the KV state and the client connections that landed on its core;
+//! its tasks share state through `Rc<RefCell<_>>` and never block each other.
+//!
+//! The Ready loop follows DESIGN.md's order: collect input (peer messages, WAL
+//! completions, ticks, queued client requests), take a Ready, send its messages (the
+//! leader's appends go out while its own write is in flight), submit the write to the
+//! WAL without waiting for it (asynchronous persistence: the engine holds votes and
+//! append responses until `on_persist_ready`), apply committed entries and answer the
+//! clients waiting for them, serve reads whose index is applied, advance.
+//!
+//! Client writes queue in the shard state and are proposed together once per loop
+//! iteration, so every write that arrived while the previous WAL write was in flight
+//! shares one Ready and one WAL append: the group commit.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_lite::future;
+use log::{error, info, warn};
+use skiff_engine::{
+    ConfChange, Entry, EntryKind, Index, Message, MessageBody, NodeId, RawNode, ReadState, Ready, RequestError, Role,
+    SnapshotMeta, Storage,
+};
+use skiff_net::{AppFrame, Inbound, Lane, Transport, TransportConfig};
+use skiff_wal::{Append, Completion, DmaFs, FileSystem, Identity, Wal, WalError, WalOptions, WalStorage};
+
+use crate::commands::{self, Action, Read, Reply};
+use crate::kv::{Command, Kv, Origin};
+use crate::snapshot::{self, Descriptor, Receiver, SnapshotDir, SnapshotError};
+use crate::sync::{Notify, Slot};
+
+/// The engine's storage: the WAL's index and tail cache.
+pub type LogStorage = WalStorage<<DmaFs as FileSystem>::File>;
+
+/// Messages taken from the transport per loop iteration: enough to drain a busy peer
+/// link in one go, few enough that ticks and clients are not starved.
+pub const INBOUND_BATCH_MAX: usize = 4096;
+/// Snapshot bytes per chunk frame: bounded memory on both ends, and well under the
+/// peer frame cap.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Application frame tag of a snapshot chunk.
+pub const APP_SNAPSHOT_CHUNK: u32 = 1;
+/// Header of a snapshot chunk frame: index, term, offset, total bytes (u64 LE each).
+const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 32;
+/// How long a stopping shard lets in-flight writes finish before failing them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often a shard publishes its status for the admin port.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + SNAPSHOT_CHUNK_HEADER_BYTES < 16 << 20);
+
+/// How a shard starts when its WAL is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// Found a new cluster whose voters are every configured member.
+    Bootstrap,
+    /// Start empty and wait to be added by the cluster's leader.
+    Join,
+    /// Only restart from existing state; an empty data directory is refused.
+    Restart,
+}
+
+/// Everything a shard needs to start.
+#[derive(Clone, Debug)]
+pub struct ShardParams {
+    pub node_id: NodeId,
+    pub shard: u32,
+    pub cluster_id: u64,
+    /// Engine configuration (`applied` is filled in from the snapshot at start).
+    pub engine: skiff_engine::Config,
+    /// This shard's directory: `wal/` and `snapshots/` live under it.
+    pub dir: PathBuf,
+    /// Every member, this node included.
+    pub members: Vec<(NodeId, SocketAddr)>,
+    pub start: StartMode,
+    pub tick: Duration,
+    pub heartbeat_ticks: u32,
+    pub wal_segment_bytes: u64,
+    pub frame_bytes_max: usize,
+    pub snapshot_log_bytes: u64,
+    pub max_clients: usize,
+    pub max_pending_proposals: usize,
+    pub max_pending_reads: usize,
+    pub request_timeout: Duration,
+    pub fsync_warn: Duration,
+    pub apply_warn: Duration,
+}
+
+/// Why a shard stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("transport: {0}")]
+    Net(#[from] skiff_net::NetError),
+    #[error("engine: {0}")]
+    Engine(#[from] skiff_engine::Error),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// A write from a client, from the moment it is queued until it is applied.
+struct PendingWrite {
+    slot: Rc<Slot<Reply>>,
+    proposed: bool,
+}
+
+/// A read from a client, from the moment it is queued until it is served.
+struct PendingRead {
+    slot: Rc<Slot<Reply>>,
+    read: Read,
+    /// Set once the read index is known.
+    index: Option<Index>,
+}
+
+/// What a client task waits for, in request order.
+#[derive(Debug)]
+pub enum Pending {
+    Done(Reply),
+    Wait { slot: Rc<Slot<Reply>>, started: Instant, label: &'static str },
+    Quit,
+}
+
+/// A snapshot received from the leader, verified and durable, waiting for the Raft
+/// message that installs it.
+struct Received {
+    index: Index,
+    kv: Kv,
+    desc: Descriptor,
+}
+
+/// Counters the shard keeps (exported through the admin port).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub proposals: u64,
+    pub applied_entries: u64,
+    pub writes_rejected: u64,
+    pub reads_rejected: u64,
+    pub timeouts: u64,
+    pub undecodable_entries: u64,
+    pub leader_changes: u64,
+    pub heartbeat_contention: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_received: u64,
+    pub wal_appends: u64,
+    pub slow_fsyncs: u64,
+}
+
+struct State {
+    node: RawNode<LogStorage>,
+    kv: Kv,
+    applied: Index,
+    next_request: u64,
+    queued_writes: Vec<(u64, Entry)>,
+    writes: HashMap<u64, PendingWrite>,
+    write_deadlines: VecDeque<(Instant, u64)>,
+    queued_reads: Vec<u64>,
+    reads: HashMap<u64, PendingRead>,
+    read_deadlines: VecDeque<(Instant, u64)>,
+    /// Reads whose index is known, by index, served once it is applied.
+    reads_by_index: BTreeMap<Index, Vec<u64>>,
+    clients: usize,
+    last_tick: Instant,
+    bytes_since_snapshot: u64,
+    snapshot_running: bool,
+    last_snapshot: Index,
+    /// A snapshot written and waiting to be recorded in the WAL (and then served).
+    pending_compaction: Option<(SnapshotMeta, Descriptor)>,
+    /// Older snapshot files to remove once the WAL append with this seq is durable.
+    remove_snapshots_after: Option<(u64, Index)>,
+    receiving: Option<Receiver>,
+    received: Option<Received>,
+    /// Peers a snapshot is being streamed to.
+    sending: HashSet<NodeId>,
+    snapshot_reports: Vec<(NodeId, bool)>,
+    last_heartbeat: HashMap<NodeId, Instant>,
+    last_ready: u64,
+    counters: Counters,
+    leader: NodeId,
+    stopping: bool,
+    last_publish: Instant,
+}
+
+/// A running shard. Shared by its tasks through `Rc`.
+pub struct Shard {
+    p: ShardParams,
+    st: RefCell<State>,
+    wake: Notify,
+    wal: Wal<DmaFs>,
+    storage: LogStorage,
+    transport: Transport,
+    snapdir: SnapshotDir,
+    stop: Arc<AtomicBool>,
+    status: Arc<crate::status::Published>,
+}
+
+fn request_id_base() -> u64 {
+    // Request ids must not repeat across restarts of this node (an old entry applied
+    // after a restart would answer a new client): start from the clock.
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+}
+
+impl Shard {
+    /// Opens the WAL and the latest snapshot, starts the engine and the transport.
+    /// Runs on the shard's executor.
+    pub async fn open(
+        p: ShardParams,
+        peer_listener: std::net::TcpListener,
+        stop: Arc<AtomicBool>,
+        status: Arc<crate::status::Published>,
+    ) -> Result<Rc<Shard>, ShardError> {
+        let wal_dir = p.dir.join("wal");
+        let snapdir = SnapshotDir::new(p.dir.join("snapshots"));
+        std::fs::create_dir_all(snapdir.path())
+            .map_err(|e| ShardError::Start(format!("cannot create {}: {e}", snapdir.path().display())))?;
+        let mut opts = WalOptions::new(
+            &wal_dir,
+            Identity { cluster_id: p.cluster_id, shard_id: u64::from(p.shard), node_id: p.node_id },
+        );
+        opts.segment_bytes = p.wal_segment_bytes;
+        let wal = Wal::open(DmaFs, opts).await?;
+        if let Some(t) = &wal.open_report().torn_tail {
+            warn!("shard {}: dropped a torn write at the tail of the WAL ({t:?}); it was never acknowledged", p.shard);
+        }
+        let storage = wal.storage();
+        let meta = storage.snapshot_meta();
+        let mut kv = Kv::new();
+        if meta.index > 0 {
+            let path = snapdir.file(meta.index);
+            let (header, loaded, desc) = glommio::executor().spawn_blocking(move || snapshot::read(&path)).await?;
+            if header.meta.index != meta.index || header.meta.term != meta.term || header.cluster_id != p.cluster_id {
+                return Err(ShardError::Start(format!(
+                    "snapshot file {} does not match the WAL's snapshot record (index {}, term {})",
+                    snapdir.file(meta.index).display(),
+                    meta.index,
+                    meta.term
+                )));
+            }
+            storage.set_snapshot_data(meta.index, desc.encode());
+            kv = loaded;
+        }
+        let mut cfg = p.engine.clone();
+        cfg.applied = meta.index;
+        let empty =
+            storage.last_index() == 0 && storage.initial_state().map(|s| s.hard_state.is_empty()).unwrap_or(false);
+        let node = match (empty, p.start) {
+            (true, StartMode::Bootstrap) => {
+                let voters: Vec<NodeId> = p.members.iter().map(|(id, _)| *id).collect();
+                info!("shard {}: founding a new cluster with voters {voters:?}", p.shard);
+                RawNode::bootstrap(&cfg, storage.clone(), &voters)?
+            }
+            (true, StartMode::Restart) => {
+                return Err(ShardError::Start(format!(
+                    "the data directory {} holds no Raft state. If this node's data was lost, do not start it as a \
+                     blank member (it could help elect a leader that lacks committed writes): remove it from the \
+                     cluster (POST /members/remove?id={} on the leader's admin port), then start it with --join and \
+                     add it back (POST /members/add?id={}). To found a new cluster, start every member with --bootstrap.",
+                    p.dir.display(),
+                    p.node_id,
+                    p.node_id
+                )));
+            }
+            _ => RawNode::new(&cfg, storage.clone())?,
+        };
+        let peers: Vec<(NodeId, SocketAddr)> = p.members.iter().copied().filter(|(id, _)| *id != p.node_id).collect();
+        let mut tc = TransportConfig::new(p.cluster_id, p.node_id, p.shard, peers);
+        tc.frame_body_bytes_max = p.frame_bytes_max;
+        let transport = Transport::start(tc, peer_listener)?;
+        let now = Instant::now();
+        let st = State {
+            node,
+            kv,
+            applied: meta.index,
+            next_request: request_id_base(),
+            queued_writes: Vec::new(),
+            writes: HashMap::new(),
+            write_deadlines: VecDeque::new(),
+            queued_reads: Vec::new(),
+            reads: HashMap::new(),
+            read_deadlines: VecDeque::new(),
+            reads_by_index: BTreeMap::new(),
+            clients: 0,
+            last_tick: now,
+            bytes_since_snapshot: 0,
+            snapshot_running: false,
+            last_snapshot: meta.index,
+            pending_compaction: None,
+            remove_snapshots_after: None,
+            receiving: None,
+            received: None,
+            sending: HashSet::new(),
+            snapshot_reports: Vec::new(),
+            last_heartbeat: HashMap::new(),
+            last_ready: 0,
+            counters: Counters::default(),
+            leader: 0,
+            stopping: false,
+            last_publish: now,
+        };
+        Ok(Rc::new(Shard {
+            p,
+            st: RefCell::new(st),
+            wake: Notify::default(),
+            wal,
+            storage,
+            transport,
+            snapdir,
+            stop,
+            status,
+        }))
+    }
+
+    pub fn params(&self) -> &ShardParams {
+        &self.p
+    }
+
+    /// The peer listener's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    // ---- the client side ------------------------------------------------------------
+
+    /// Whether another client connection may be accepted (and counts it if so).
+    pub fn admit_client(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        if st.clients >= self.p.max_clients || st.stopping {
+            return false;
+        }
+        st.clients += 1;
+        true
+    }
+
+    pub fn client_gone(&self) {
+        self.st.borrow_mut().clients -= 1;
+    }
+
+    /// Turns a request into something to reply now or to wait for. Writes and reads
+    /// are queued for the next loop iteration; the caller rings the doorbell
+    /// ([`Shard::wake`]) once it has dispatched everything it read.
+    pub fn dispatch(&self, args: &[Bytes]) -> Pending {
+        let action = commands::parse(args);
+        let label = commands::command_label(args);
+        let now = Instant::now();
+        let mut st = self.st.borrow_mut();
+        if st.stopping && matches!(action, Action::Write(_) | Action::Read(_)) {
+            return Pending::Done(Reply::err("ERR the node is shutting down"));
+        }
+        match action {
+            Action::Now(r) => Pending::Done(r),
+            Action::Quit => Pending::Quit,
+            Action::Info(section) => Pending::Done(self.info(&st, section.as_deref())),
+            Action::Write(cmd) => {
+                if st.writes.len() >= self.p.max_pending_proposals {
+                    st.counters.writes_rejected += 1;
+                    return Pending::Done(Reply::err("OVERLOADED too many writes in flight; retry later"));
+                }
+                let id = st.next_request;
+                st.next_request += 1;
+                let entry = Entry::new(cmd.encode(Origin { node: self.p.node_id, request: id }));
+                let slot = Rc::new(Slot::default());
+                let deadline = now + self.p.request_timeout;
+                st.queued_writes.push((id, entry));
+                st.writes.insert(id, PendingWrite { slot: slot.clone(), proposed: false });
+                st.write_deadlines.push_back((deadline, id));
+                Pending::Wait { slot, started: now, label }
+            }
+            Action::Read(read) => {
+                if st.reads.len() >= self.p.max_pending_reads {
+                    st.counters.reads_rejected += 1;
+                    return Pending::Done(Reply::err("OVERLOADED too many reads in flight; retry later"));
+                }
+                let ctx = st.next_request;
+                st.next_request += 1;
+                let slot = Rc::new(Slot::default());
+                let deadline = now + self.p.request_timeout;
+                st.queued_reads.push(ctx);
+                st.reads.insert(ctx, PendingRead { slot: slot.clone(), read, index: None });
+                st.read_deadlines.push_back((deadline, ctx));
+                Pending::Wait { slot, started: now, label }
+            }
+        }
+    }
+
+    /// Rings the Ready loop's doorbell.
+    pub fn wake(&self) {
+        self.wake.notify();
+    }
+
+    fn info(&self, st: &State, section: Option<&str>) -> Reply {
+        let s = st.node.status();
+        let mut out = String::new();
+        let want = |name: &str| section.is_none_or(|sec| sec == name || sec == "all" || sec == "everything");
+        if want("server") {
+            out.push_str(&format!(
+                "# Server\r\nskiff_version:{}\r\nnode_id:{}\r\nshard:{}\r\nprocess_id:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                self.p.node_id,
+                self.p.shard,
+                std::process::id()
+            ));
+        }
+        if want("replication") {
+            let redis_role = if s.role == Role::Leader { "master" } else { "slave" };
+            out.push_str(&format!(
+                "# Replication\r\nrole:{redis_role}\r\nraft_role:{}\r\nterm:{}\r\nleader:{}\r\ncommit:{}\r\napplied:{}\r\nlast_snapshot:{}\r\nvoters:{:?}\r\nlearners:{:?}\r\n\r\n",
+                s.role.name(),
+                s.term,
+                s.leader,
+                s.commit,
+                st.applied,
+                st.last_snapshot,
+                s.conf_state.voters,
+                s.conf_state.learners
+            ));
+        }
+        if want("clients") {
+            out.push_str(&format!("# Clients\r\nconnected_clients:{}\r\n\r\n", st.clients));
+        }
+        if want("keyspace") {
+            out.push_str(&format!("# Keyspace\r\ndb0:keys={}\r\n", st.kv.len()));
+        }
+        Reply::Bulk(Bytes::from(out))
+    }
+
+    // ---- the Ready loop ------------------------------------------------------------
+
+    /// Runs the Ready loop until the stop flag is raised, then finishes in-flight
+    /// writes (for at most [`SHUTDOWN_GRACE`]) and closes the WAL.
+    pub async fn run(self: Rc<Self>) -> Result<(), ShardError> {
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let completion = self.wait_for_work().await;
+            let completion = match completion {
+                Some(Err(e)) => return Err(self.fatal(e)),
+                Some(Ok(c)) => Some(c),
+                None => None,
+            };
+            if let Err(e) = self.iteration(completion).await {
+                return Err(self.fatal_any(e));
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let until = *grace_until.get_or_insert_with(|| {
+                    info!("shard {}: stopping; finishing in-flight writes", self.p.shard);
+                    self.st.borrow_mut().stopping = true;
+                    now + SHUTDOWN_GRACE
+                });
+                let idle = self.st.borrow().writes.is_empty();
+                if idle || now >= until {
+                    self.fail_all("ERR the node stopped before this request completed; its outcome is unknown");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Closes the WAL (after `run` returned).
+    pub async fn close(self: Rc<Self>) -> Result<(), ShardError> {
+        match Rc::try_unwrap(self) {
+            Ok(shard) => shard.wal.close().await.map_err(ShardError::from),
+            // Tasks still hold the shard (clients mid-request): the WAL stops with
+            // them; everything acknowledged is already durable.
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn fatal(&self, e: WalError) -> ShardError {
+        error!("shard {}: stopping: {e}", self.p.shard);
+        self.fail_all("ERR the node stopped on a storage error; the outcome of this request is unknown");
+        ShardError::Wal(e)
+    }
+
+    fn fatal_any(&self, e: ShardError) -> ShardError {
+        error!("shard {}: stopping: {e}", self.p.shard);
+        self.fail_all("ERR the node stopped on an error; the outcome of this request is unknown");
+        e
+    }
+
+    fn fail_all(&self, msg: &str) {
+        let mut st = self.st.borrow_mut();
+        for (_, w) in st.writes.drain() {
+            w.slot.fill(Reply::err(msg));
+        }
+        for (_, r) in st.reads.drain() {
+            r.slot.fill(Reply::err(msg));
+        }
+        st.queued_writes.clear();
+        st.queued_reads.clear();
+        st.reads_by_index.clear();
+    }
+
+    /// Waits until something needs the loop: the doorbell, a peer message, a WAL
+    /// completion (returned), or the next tick.
+    async fn wait_for_work(&self) -> Option<Result<Completion, WalError>> {
+        let until_tick = {
+            let st = self.st.borrow();
+            (st.last_tick + self.p.tick).saturating_duration_since(Instant::now())
+        };
+        if until_tick.is_zero() {
+            return None;
+        }
+        let doorbell = async {
+            self.wake.wait().await;
+            None
+        };
+        let inbound = async {
+            self.transport.readable().await;
+            None
+        };
+        let wal = async { Some(self.wal.next_completion().await) };
+        let tick = async {
+            glommio::timer::sleep(until_tick).await;
+            None
+        };
+        future::or(doorbell, future::or(inbound, future::or(wal, tick))).await
+    }
+
+    async fn iteration(self: &Rc<Self>, first: Option<Completion>) -> Result<(), ShardError> {
+        let now = Instant::now();
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            if let Some(c) = first {
+                self.completed(st, c);
+            }
+            while let Some(c) = self.wal.try_next_completion()? {
+                self.completed(st, c);
+            }
+            let mut inbound = Vec::new();
+            self.transport.recv_batch(&mut inbound, INBOUND_BATCH_MAX);
+            for m in inbound {
+                self.inbound(st, m)?;
+            }
+            // Ticks: one per elapsed interval, also after a stall, so that elections
+            // and leases measure real time (the engine's lease needs it).
+            let elapsed = now.saturating_duration_since(st.last_tick);
+            let ticks = (elapsed.as_nanos() / self.p.tick.as_nanos().max(1)) as u32;
+            for _ in 0..ticks {
+                st.node.tick();
+            }
+            st.last_tick += self.p.tick * ticks;
+            let mut unreachable = Vec::new();
+            self.transport.take_unreachable(&mut unreachable);
+            for id in unreachable {
+                st.node.report_unreachable(id);
+            }
+            for (id, ok) in std::mem::take(&mut st.snapshot_reports) {
+                st.node.report_snapshot(id, ok);
+            }
+            self.propose_queued(st);
+            self.expire(st, now);
+        }
+        self.handle_readies().await?;
+        self.after_apply().await?;
+        Ok(())
+    }
+
+    fn completed(&self, st: &mut State, c: Completion) {
+        st.node.on_persist_ready(c.tag);
+        st.counters.wal_appends += 1;
+        if let Some((seq, keep)) = st.remove_snapshots_after
+            && c.seq >= seq
+        {
+            st.remove_snapshots_after = None;
+            if let Err(e) = self.snapdir.remove_older(keep) {
+                warn!("shard {}: removing old snapshots: {e}", self.p.shard);
+            }
+        }
+    }
+
+    fn inbound(&self, st: &mut State, m: Inbound) -> Result<(), ShardError> {
+        match m {
+            Inbound::Raft(msg) => {
+                if let MessageBody::Snapshot { snapshot } = &msg.body {
+                    // Install only a snapshot whose file arrived whole and matches the
+                    // leader's description of it; otherwise the leader retries.
+                    let ok = st.received.as_ref().is_some_and(|r| {
+                        r.index == snapshot.meta.index && Descriptor::decode(&snapshot.data) == Some(r.desc)
+                    });
+                    if !ok {
+                        warn!(
+                            "shard {}: snapshot message for index {} without its data; waiting for the leader to resend",
+                            self.p.shard, snapshot.meta.index
+                        );
+                        return Ok(());
+                    }
+                }
+                st.node.step(msg);
+            }
+            Inbound::App { from, frame } if frame.tag == APP_SNAPSHOT_CHUNK => {
+                self.snapshot_chunk(st, from, frame.body)?
+            }
+            Inbound::App { from, frame } => {
+                warn!("shard {}: unknown frame tag {} from {from}", self.p.shard, frame.tag)
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_chunk(&self, st: &mut State, from: NodeId, mut body: Bytes) -> Result<(), ShardError> {
+        if body.len() < SNAPSHOT_CHUNK_HEADER_BYTES {
+            warn!("shard {}: short snapshot chunk from {from}", self.p.shard);
+            return Ok(());
+        }
+        let (index, _term, offset, total) =
+            (body.get_u64_le(), body.get_u64_le(), body.get_u64_le(), body.get_u64_le());
+        if offset == 0 {
+            st.receiving = Some(Receiver::start(&self.snapdir, index)?);
+        }
+        let Some(rx) = st.receiving.as_mut().filter(|r| r.index() == index) else { return Ok(()) };
+        if !rx.chunk(offset, &body)? {
+            st.receiving = None;
+            return Ok(());
+        }
+        if rx.received() >= total {
+            let rx = st.receiving.take().expect("checked");
+            match rx.finish(&self.snapdir) {
+                Ok((_, kv, desc)) => {
+                    st.counters.snapshots_received += 1;
+                    st.received = Some(Received { index, kv, desc });
+                }
+                Err(e) => warn!("shard {}: snapshot from {from} refused: {e}", self.p.shard),
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes every queued write in one batch and asks for every queued read's
+    /// index, if a leader is known; otherwise they wait (until their deadline).
+    fn propose_queued(&self, st: &mut State) {
+        if st.node.leader() == 0 {
+            return;
+        }
+        if !st.queued_writes.is_empty() {
+            let batch = std::mem::take(&mut st.queued_writes);
+            let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+            let entries: Vec<Entry> = batch.into_iter().map(|(_, e)| e).collect();
+            match st.node.propose_batch(entries) {
+                Ok(()) => {
+                    st.counters.proposals += ids.len() as u64;
+                    for id in ids {
+                        if let Some(w) = st.writes.get_mut(&id) {
+                            w.proposed = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let reply = match e {
+                        RequestError::Overloaded => "OVERLOADED too many uncommitted writes; retry later".to_string(),
+                        RequestError::TransferInProgress | RequestError::NoLeader => {
+                            "TRYAGAIN leadership is changing; retry".to_string()
+                        }
+                        other => format!("ERR {other}"),
+                    };
+                    st.counters.writes_rejected += ids.len() as u64;
+                    for id in ids {
+                        if let Some(w) = st.writes.remove(&id) {
+                            w.slot.fill(Reply::err(reply.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for ctx in std::mem::take(&mut st.queued_reads) {
+            if let Err(e) = st.node.read_index(ctx) {
+                st.counters.reads_rejected += 1;
+                if let Some(r) = st.reads.remove(&ctx) {
+                    r.slot.fill(Reply::err(format!("TRYAGAIN {e}")));
+                }
+            }
+        }
+    }
+
+    /// Answers requests past their deadline.
+    fn expire(&self, st: &mut State, now: Instant) {
+        while let Some(&(deadline, id)) = st.write_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            st.write_deadlines.pop_front();
+            if let Some(w) = st.writes.remove(&id) {
+                st.counters.timeouts += 1;
+                let msg = if w.proposed {
+                    "TIMEOUT the write was not applied in time; its outcome is unknown"
+                } else {
+                    "TRYAGAIN no leader is known; retry later"
+                };
+                w.slot.fill(Reply::err(msg));
+                st.queued_writes.retain(|(q, _)| *q != id);
+            }
+        }
+        while let Some(&(deadline, ctx)) = st.read_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            st.read_deadlines.pop_front();
+            if let Some(r) = st.reads.remove(&ctx) {
+                st.counters.timeouts += 1;
+                let msg = if r.index.is_some() {
+                    "TIMEOUT the read could not be served in time"
+                } else {
+                    "TRYAGAIN leadership could not be confirmed; retry later"
+                };
+                r.slot.fill(Reply::err(msg));
+                st.queued_reads.retain(|q| *q != ctx);
+            }
+        }
+    }
+
+    async fn handle_readies(self: &Rc<Self>) -> Result<(), ShardError> {
+        loop {
+            let mut rd: Ready = {
+                let mut st = self.st.borrow_mut();
+                if !st.node.has_ready() {
+                    return Ok(());
+                }
+                st.node.ready()
+            };
+            if let Some(ss) = rd.soft_state {
+                let mut st = self.st.borrow_mut();
+                if ss.leader != st.leader {
+                    st.counters.leader_changes += 1;
+                    info!(
+                        "shard {}: leader is now {} (this node: {}, term {})",
+                        self.p.shard,
+                        ss.leader,
+                        ss.role.name(),
+                        st.node.term()
+                    );
+                    st.leader = ss.leader;
+                }
+            }
+            let msgs = std::mem::take(&mut rd.messages);
+            self.send(msgs);
+            if rd.has_write() {
+                let compaction = self.st.borrow_mut().pending_compaction.take();
+                let install = rd.snapshot.as_ref().map(|s| s.meta.clone());
+                let append = Append {
+                    tag: rd.number(),
+                    install: install.as_ref(),
+                    entries: &rd.entries,
+                    hard_state: rd.hard_state,
+                    compact: compaction.as_ref().map(|(m, _)| m),
+                    must_sync: rd.must_sync,
+                };
+                let seq = self.wal.submit(&append).await?;
+                let mut st = self.st.borrow_mut();
+                st.last_ready = rd.number();
+                if let Some((m, desc)) = compaction {
+                    self.recorded_snapshot(&mut st, seq, &m, desc);
+                }
+                if let (Some(m), Some(r)) = (&install, &st.received) {
+                    self.storage.set_snapshot_data(m.index, r.desc.encode());
+                }
+            }
+            let mut st = self.st.borrow_mut();
+            self.apply(&mut st, &mut rd)?;
+            st.node.advance_async(rd);
+        }
+    }
+
+    /// Sends a Ready's messages; snapshots are streamed by a task of their own.
+    fn send(self: &Rc<Self>, msgs: Vec<Message>) {
+        let now = Instant::now();
+        for m in msgs {
+            if let MessageBody::Heartbeat { .. } = m.body {
+                self.heartbeat_sent(m.to, now);
+            }
+            if let MessageBody::Snapshot { .. } = m.body {
+                let to = m.to;
+                let fresh = self.st.borrow_mut().sending.insert(to);
+                if fresh {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move { shard.stream_snapshot(m).await }).detach();
+                } else {
+                    self.st.borrow_mut().snapshot_reports.push((to, false));
+                }
+                continue;
+            }
+            // Drops (queue full, peer down) are counted by the transport and reported
+            // back as unreachable peers; Raft retransmits.
+            let _ = self.transport.send(m);
+        }
+    }
+
+    /// The heartbeat-contention detector (etcdserver's TimeoutDetector): a heartbeat
+    /// that leaves more than twice its interval after the previous one means the loop
+    /// was starved.
+    fn heartbeat_sent(&self, to: NodeId, now: Instant) {
+        let mut st = self.st.borrow_mut();
+        let interval = self.p.tick * self.p.heartbeat_ticks;
+        if let Some(prev) = st.last_heartbeat.insert(to, now) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > 2 * interval {
+                st.counters.heartbeat_contention += 1;
+                warn!(
+                    "shard {}: heartbeat to peer {to} left {:?} after the previous one (expected {:?}): the node is \
+                     likely overloaded (CPU starved or a slow disk stalling the loop); read histograms \
+                     ready_loop_iteration and wal_fsync",
+                    self.p.shard, gap, interval
+                );
+            }
+        }
+    }
+
+    /// Streams the snapshot file to `m.to` in bounded chunks on the bulk lane, then
+    /// sends the snapshot message itself, and reports how it went to the engine.
+    async fn stream_snapshot(self: Rc<Self>, m: Message) {
+        let to = m.to;
+        let ok = self.try_stream_snapshot(m).await;
+        if let Err(e) = &ok {
+            warn!("shard {}: sending snapshot to {to} failed: {e}", self.p.shard);
+        }
+        let mut st = self.st.borrow_mut();
+        st.sending.remove(&to);
+        st.snapshot_reports.push((to, ok.is_ok()));
+        if ok.is_ok() {
+            st.counters.snapshots_sent += 1;
+        }
+        drop(st);
+        self.wake();
+    }
+
+    async fn try_stream_snapshot(&self, m: Message) -> Result<(), String> {
+        let MessageBody::Snapshot { snapshot } = &m.body else { unreachable!("called for snapshot messages") };
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let path = self.snapdir.file(index);
+        let total = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let mut offset = 0u64;
+        while offset < total {
+            let n = SNAPSHOT_CHUNK_BYTES.min((total - offset) as usize);
+            let p2 = path.clone();
+            let data = glommio::executor()
+                .spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    use std::io::{Read, Seek, SeekFrom};
+                    let mut f = std::fs::File::open(&p2)?;
+                    f.seek(SeekFrom::Start(offset))?;
+                    let mut buf = vec![0u8; n];
+                    f.read_exact(&mut buf)?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let mut body = BytesMut::with_capacity(SNAPSHOT_CHUNK_HEADER_BYTES + n);
+            body.put_u64_le(index);
+            body.put_u64_le(term);
+            body.put_u64_le(offset);
+            body.put_u64_le(total);
+            body.put_slice(&data);
+            let frame = AppFrame { tag: APP_SNAPSHOT_CHUNK, body: body.freeze() };
+            self.transport.send_capacity(m.to, Lane::Bulk, frame.body.len()).await;
+            self.transport.send_app(m.to, &frame, Lane::Bulk).map_err(|e| e.to_string())?;
+            offset += n as u64;
+        }
+        self.transport.send(m).map_err(|e| e.to_string())
+    }
+
+    fn apply(&self, st: &mut State, rd: &mut Ready) -> Result<(), ShardError> {
+        let t0 = Instant::now();
+        if let Some(snap) = &rd.snapshot {
+            let Some(r) = st.received.take().filter(|r| r.index == snap.meta.index) else {
+                return Err(ShardError::Start(format!(
+                    "the engine installed snapshot {} but its data is not here",
+                    snap.meta.index
+                )));
+            };
+            info!("shard {}: installed the leader's snapshot at index {}", self.p.shard, r.index);
+            st.kv = r.kv;
+            st.applied = r.index;
+            st.last_snapshot = r.index;
+            st.bytes_since_snapshot = 0;
+        }
+        for e in rd.committed_entries.drain(..) {
+            st.applied = e.index;
+            st.counters.applied_entries += 1;
+            st.bytes_since_snapshot += e.data.len() as u64;
+            match e.kind {
+                EntryKind::Normal if !e.data.is_empty() => match Command::decode(&e.data) {
+                    Some((origin, cmd)) => {
+                        let outcome = st.kv.apply(&cmd);
+                        if origin.node == self.p.node_id
+                            && let Some(w) = st.writes.remove(&origin.request)
+                        {
+                            w.slot.fill(commands::outcome_reply(&outcome));
+                        }
+                    }
+                    None => st.counters.undecodable_entries += 1,
+                },
+                EntryKind::ConfChange => {
+                    if let Some(cc) = ConfChange::decode(&e.data) {
+                        let cs = st.node.apply_conf_change(cc);
+                        info!(
+                            "shard {}: membership is now voters {:?}, learners {:?}",
+                            self.p.shard, cs.voters, cs.learners
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ReadState { ctx, index } in rd.read_states.drain(..) {
+            if let Some(r) = st.reads.get_mut(&ctx) {
+                r.index = Some(index);
+                st.reads_by_index.entry(index).or_default().push(ctx);
+            }
+        }
+        // Serve every read whose index is applied (diss. §6.4 step 4).
+        while let Some(entry) = st.reads_by_index.first_entry() {
+            if *entry.key() > st.applied {
+                break;
+            }
+            for ctx in entry.remove() {
+                if let Some(r) = st.reads.remove(&ctx) {
+                    r.slot.fill(commands::serve_read(&st.kv, &r.read));
+                }
+            }
+        }
+        let took = t0.elapsed();
+        if took > self.p.apply_warn {
+            warn!("shard {}: applying one batch took {took:?}; read histogram commit_to_apply", self.p.shard);
+        }
+        Ok(())
+    }
+
+    /// After applying: publish status now and then; take a snapshot when the log
+    /// grew past the threshold; record a finished one in the WAL.
+    async fn after_apply(self: &Rc<Self>) -> Result<(), ShardError> {
+        let now = Instant::now();
+        let start = {
+            let mut st = self.st.borrow_mut();
+            if now.duration_since(st.last_publish) >= PUBLISH_INTERVAL {
+                st.last_publish = now;
+                self.status.publish(self.p.shard, self.snapshot_status(&st));
+            }
+            let due = !st.snapshot_running
+                && st.bytes_since_snapshot >= self.p.snapshot_log_bytes
+                && st.applied > st.last_snapshot;
+            if due {
+                st.snapshot_running = true;
+                st.bytes_since_snapshot = 0;
+                let index = st.applied;
+                let term = st.node.log_term(index).ok();
+                term.map(|term| {
+                    (
+                        SnapshotMeta {
+                            index,
+                            term,
+                            conf_state: st.node.conf_state(),
+                            election_timeout_ticks: st.node.election_timeout_from_log(),
+                        },
+                        st.kv.clone(),
+                    )
+                })
+            } else {
+                None
+            }
+        };
+        if let Some((meta, kv)) = start {
+            let shard = self.clone();
+            glommio::spawn_local(async move { shard.take_snapshot(meta, kv).await }).detach();
+        }
+        // A finished snapshot with nothing else to write goes to the WAL on its own.
+        let idle_compaction = {
+            let st = self.st.borrow();
+            st.pending_compaction.is_some() && !st.node.has_ready()
+        };
+        if idle_compaction {
+            let (meta, desc, tag) = {
+                let mut st = self.st.borrow_mut();
+                let (m, d) = st.pending_compaction.take().expect("checked");
+                (m, d, st.last_ready)
+            };
+            let append = Append { tag, compact: Some(&meta), must_sync: true, ..Default::default() };
+            let seq = self.wal.submit(&append).await?;
+            let mut st = self.st.borrow_mut();
+            self.recorded_snapshot(&mut st, seq, &meta, desc);
+        }
+        Ok(())
+    }
+
+    fn recorded_snapshot(&self, st: &mut State, seq: u64, meta: &SnapshotMeta, desc: Descriptor) {
+        self.storage.set_snapshot_data(meta.index, desc.encode());
+        st.last_snapshot = meta.index;
+        st.remove_snapshots_after = Some((seq, meta.index));
+    }
+
+    /// Writes the snapshot file off the loop (the state is a constant-time clone),
+    /// then queues it for the WAL.
+    async fn take_snapshot(self: Rc<Self>, meta: SnapshotMeta, kv: Kv) {
+        let dir = self.snapdir.clone();
+        let (cluster, shard) = (self.p.cluster_id, self.p.shard);
+        let m2 = meta.clone();
+        let res = glommio::executor().spawn_blocking(move || snapshot::write(&dir, cluster, shard, &m2, &kv)).await;
+        let mut st = self.st.borrow_mut();
+        st.snapshot_running = false;
+        match res {
+            Ok(desc) => {
+                st.counters.snapshots_taken += 1;
+                info!("shard {}: wrote snapshot at index {} ({} bytes)", self.p.shard, meta.index, desc.bytes);
+                st.pending_compaction = Some((meta, desc));
+            }
+            Err(e) => warn!("shard {}: snapshot at {} failed (will retry): {e}", self.p.shard, meta.index),
+        }
+        drop(st);
+        self.wake();
+    }
+
+    fn snapshot_status(&self, st: &State) -> crate::status::ShardStatus {
+        crate::status::ShardStatus {
+            shard: self.p.shard,
+            status: st.node.status(),
+            applied: st.applied,
+            last_snapshot: st.last_snapshot,
+            kv_keys: st.kv.len() as u64,
+            kv_digest: st.kv.digest(),
+            clients: st.clients,
+            pending_writes: st.writes.len(),
+            pending_reads: st.reads.len(),
+            counters: st.counters,
+            transport: crate::status::TransportCounters::from_stats(self.transport.stats()),
+        }
+    }
+
+    /// Status as of now (for tests and the admin port).
+    pub fn status(&self) -> crate::status::ShardStatus {
+        self.snapshot_status(&self.st.borrow())
+    }
+}
+
+/// Serves one client connection: reads pipelined requests, dispatches them all, then
+/// answers them in order.
+pub async fn serve_client(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
+    crate::client::serve(shard.clone(), stream).await;
+    shard.client_gone();
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("node", &self.p.node_id).field("shard", &self.p.shard).finish()
+    }
+}
