@@ -16,7 +16,8 @@
 //!
 //! The port faces whatever reaches it, so every input is bounded ([`AdminLimits`]):
 //! request head size, body size, the time to send a request head (slowloris, also idle
-//! keep-alive connections), the time to send a body, and the number of connections.
+//! keep-alive connections), the time to send a body, the time a client may leave a
+//! response unread, and the number of connections.
 //! A malformed or oversized request closes its own connection only; no input makes the
 //! handler panic (responses are built without `unwrap`).
 //!
@@ -29,8 +30,11 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use serde_json::{Value, json};
 use skiff_engine::NodeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::{HistogramKey, Published, Recorded, RejectReason, ShardReport, TransportCounters, Unit};
@@ -81,6 +86,11 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// seconds covers several election timeouts at the default timing.
 pub const OP_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time a client may leave a response unread (the socket accepting no bytes) before its
+/// connection is dropped: a client that never reads would otherwise hold a connection
+/// slot forever, since hyper has no write timeout of its own.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Operations queued per shard and not yet taken. Operators issue them one at a time;
 /// a full queue answers 503 rather than growing.
 pub const OPS_QUEUE_MAX: usize = 16;
@@ -113,6 +123,8 @@ pub struct AdminLimits {
     pub connections_max: usize,
     /// Default [`OP_REPLY_TIMEOUT`].
     pub op_reply_timeout: Duration,
+    /// Default [`WRITE_STALL_TIMEOUT`].
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for AdminLimits {
@@ -124,6 +136,7 @@ impl Default for AdminLimits {
             body_read_timeout: BODY_READ_TIMEOUT,
             connections_max: CONNECTIONS_MAX,
             op_reply_timeout: OP_REPLY_TIMEOUT,
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
         }
     }
 }
@@ -445,11 +458,80 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state
         .max_header_size(limits.header_bytes_max)
         .max_headers(HEADERS_COUNT_MAX)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(WriteDeadline::new(stream, limits.write_stall_timeout)), service)
         .await;
     if let Err(e) = result {
         // Malformed requests, timeouts and resets end only this connection.
         debug!("admin port: connection from {peer} ended: {e}");
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once the peer has accepted no bytes for
+/// `timeout`: the write side of the slowloris defence (the read side is hyper's header
+/// timeout).
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    /// Running while a write (or flush) is blocked; cleared by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
+        WriteDeadline { inner, timeout, stalled: None }
+    }
+
+    /// Turns a pending write into an error once the stall has lasted `timeout`.
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("client read nothing for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, poll)
     }
 }
 

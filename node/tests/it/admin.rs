@@ -647,6 +647,34 @@ fn slow_clients_are_cut_off_while_a_busy_client_is_served() {
 }
 
 #[test]
+fn a_client_that_never_reads_is_dropped_and_frees_its_slot() {
+    // Far more response bytes than loopback socket buffers hold unread.
+    const PIPELINED_REQUESTS: usize = 400;
+    let limits =
+        AdminLimits { connections_max: 1, write_stall_timeout: Duration::from_millis(300), ..AdminLimits::default() };
+    let s = start(limits);
+    let a = addr(&s);
+    let mut sink = Client::connect(a);
+    assert_eq!(sink.request("GET", "/status").status, 200);
+    // The sink holds the only slot: a second client is refused.
+    assert_eq!(Client::connect(a).response().expect("a refusal").status, 503);
+    sink.send(&b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(PIPELINED_REQUESTS));
+    let mut served = false;
+    for _ in 0..500 {
+        let mut c = Client::connect(a);
+        c.send(b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n");
+        if c.response().is_ok_and(|r| r.status == 200) {
+            served = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(served, "the stalled connection is dropped and its slot reused");
+    assert!(sink.closed_by_server(), "the non-reading client was disconnected");
+    s.handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
 fn connections_over_the_limit_get_503_and_capacity_returns() {
     let limits = AdminLimits { connections_max: 2, ..AdminLimits::default() };
     let s = start(limits);
