@@ -2,6 +2,10 @@
 //!
 //! # Layout
 //!
+//! - [`metrics`]: what each shard records (counters, gauges, HDR histograms), the
+//!   heartbeat-contention and slow-operation detectors, and the reports shards publish.
+//! - [`admin`]: the admin HTTP port on its own thread: `/status`, `/metrics`,
+//!   `/histograms`, and operations forwarded to the shards.
 //! - [`server`]: start-up checks, the data directory's identity, listeners, the shard
 //!   executor, graceful stop.
 //! - [`shard`]: one Raft group member on one core: the Ready loop, client requests,
@@ -14,12 +18,14 @@
 //! - [`local`]: `skiff local`, a whole cluster on loopback.
 //! - [`cli`]: command-line flags.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod kv;
 pub mod local;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod shard;
 pub mod snapshot;

@@ -1,0 +1,3 @@
+//! Integration tests for skiff-node, one module per area (one binary keeps the build fast).
+
+mod admin;
