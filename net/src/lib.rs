@@ -37,4 +37,4 @@ pub use message::{AppFrame, DecodeError, EncodeError, Encoder, OutFrame, Payload
 pub use queue::{Lane, LaneLimits, QueueLimits};
 pub use resp::{ReplyDecoder, Request, RequestDecoder, RespError, RespLimits, RespValue};
 pub use stats::{RejectReason, Stats};
-pub use transport::{Inbound, NetError, SendError, Transport, TransportConfig};
+pub use transport::{Inbound, NetError, PeerTraffic, SendError, Transport, TransportConfig};

@@ -244,12 +244,39 @@ impl Wakers {
     }
 }
 
+/// Traffic with one peer, for the node's per-peer metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    /// Messages to this peer dropped (queue full, disconnected, too large).
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct PeerCounters {
+    frames_out: Cell<u64>,
+    bytes_out: Cell<u64>,
+    frames_in: Cell<u64>,
+    bytes_in: Cell<u64>,
+    dropped: Cell<u64>,
+}
+
+impl PeerCounters {
+    fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     id: NodeId,
     addr: SocketAddr,
     queue: RefCell<SendQueue>,
     connected: Cell<bool>,
+    traffic: PeerCounters,
     /// The writer waits here for frames; `send` wakes it.
     work: Wakers,
     /// Waiters for queue room and for connection state changes.
@@ -328,6 +355,7 @@ impl Transport {
                     addr,
                     queue: RefCell::new(SendQueue::new(config.queue)),
                     connected: Cell::new(false),
+                    traffic: PeerCounters::default(),
                     work: Wakers::default(),
                     room: Wakers::default(),
                 };
@@ -392,6 +420,7 @@ impl Transport {
         };
         if !peer.connected.get() {
             bump(&s.stats.dropped_disconnected);
+            bump(&peer.traffic.dropped);
             s.report_unreachable(to);
             return Err(SendError::Disconnected(to));
         }
@@ -399,12 +428,14 @@ impl Transport {
             Ok(f) => f,
             Err(e) => {
                 bump(&s.stats.dropped_too_large);
+                bump(&peer.traffic.dropped);
                 s.report_unreachable(to);
                 return Err(e.into());
             }
         };
         if let Err(QueueFull(_)) = peer.queue.borrow_mut().push(lane, frame) {
             bump(&s.stats.dropped_queue_full);
+            bump(&peer.traffic.dropped);
             s.report_unreachable(to);
             return Err(SendError::QueueFull(to));
         }
@@ -443,6 +474,18 @@ impl Transport {
     pub async fn readable(&self) {
         let s = &self.shared;
         s.inbound_ready.until(|| !s.inbound.borrow().is_empty()).await;
+    }
+
+    /// Traffic with `peer` so far (`None` for an unknown peer).
+    pub fn peer_traffic(&self, peer: NodeId) -> Option<PeerTraffic> {
+        let t = &self.shared.peers.get(&peer)?.traffic;
+        Some(PeerTraffic {
+            frames_out: t.frames_out.get(),
+            bytes_out: t.bytes_out.get(),
+            frames_in: t.frames_in.get(),
+            bytes_in: t.bytes_in.get(),
+            dropped: t.dropped.get(),
+        })
     }
 
     /// Moves the peers to report unreachable (`engine.report_unreachable(id)`) into
@@ -698,6 +741,10 @@ async fn receive(s: &Rc<Shared>, stream: &mut TcpStream) -> Result<(), ConnError
         s.inbound.borrow_mut().push_back((inbound, frame_bytes));
         s.inbound_bytes.set(s.inbound_bytes.get() + frame_bytes);
         bump(&s.stats.frames_received);
+        if let Some(p) = s.peers.get(&peer) {
+            bump(&p.traffic.frames_in);
+            PeerCounters::add(&p.traffic.bytes_in, frame_bytes as u64);
+        }
         s.inbound_ready.wake_all();
         if s.inbound.borrow().len() >= INBOUND_YIELD_MESSAGES {
             future::yield_now().await;
@@ -808,6 +855,8 @@ async fn write_loop(s: &Shared, peer: &Peer, stream: &mut TcpStream) -> ConnErro
             return ConnError::Io(e);
         }
         s.stats.frames_sent.set(s.stats.frames_sent.get() + batch.len() as u64);
+        PeerCounters::add(&peer.traffic.frames_out, batch.len() as u64);
+        PeerCounters::add(&peer.traffic.bytes_out, batch.iter().map(|f| f.wire_bytes() as u64).sum());
         batch.clear();
     }
 }

@@ -1280,12 +1280,14 @@ fn render_metrics(published: &Published) -> String {
         }
         f.finish(&mut out);
     }
-    let mut f = Family::new("skiff_peer_rejected_frames_total", "counter", "Frames from a peer refused, by reason.");
+    let mut f = Family::new(
+        "skiff_transport_rejected_frames_total",
+        "counter",
+        "Frames the peer transport refused (and closed the connection for), by reason.",
+    );
     for (p, shard) in slots.iter().zip(&shard_labels) {
-        for peer in &p.report.peers {
-            for (reason, n) in &peer.transport.rejected_frames {
-                f.sample("", &[("shard", shard), ("peer", &peer.id.to_string()), ("reason", reason)], n);
-            }
+        for (reason, n) in &p.report.transport_rejected {
+            f.sample("", &[("shard", shard), ("reason", reason)], n);
         }
     }
     f.finish(&mut out);

@@ -12,7 +12,10 @@ use glommio::net::TcpStream;
 use log::debug;
 use skiff_net::{RequestDecoder, RespLimits};
 
+use std::time::Instant;
+
 use crate::commands::Reply;
+use crate::metrics::Command;
 use crate::shard::{Pending, Shard};
 
 /// Bytes read from a client per read call.
@@ -72,7 +75,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut decoder = RequestDecoder::new(RespLimits::default());
     let mut inbuf = BytesMut::with_capacity(CLIENT_READ_BYTES);
     let mut out = BytesMut::with_capacity(4096);
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut pending: Vec<(Pending, Command, Instant)> = Vec::new();
     let mut chunk = vec![0u8; CLIENT_READ_BYTES];
     loop {
         let mut quit = false;
@@ -80,9 +83,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         while pending.len() < CLIENT_PIPELINE_MAX {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(req)) => {
+                    let command = req.args.first().map_or(Command::Other, |n| Command::from_name(n));
                     let p = shard.dispatch(&req.args);
                     quit = matches!(p, Pending::Quit);
-                    pending.push(p);
+                    pending.push((p, command, Instant::now()));
                     if quit {
                         break;
                     }
@@ -97,18 +101,19 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         // Stopped by the cap with requests still buffered: answer, then decode again
         // before reading.
         let capped = pending.len() >= CLIENT_PIPELINE_MAX;
-        if pending.iter().any(|p| matches!(p, Pending::Wait { .. })) {
+        if pending.iter().any(|(p, _, _)| matches!(p, Pending::Wait { .. })) {
             shard.wake();
         }
-        for p in pending.drain(..) {
+        for (p, command, started) in pending.drain(..) {
             match p {
                 Pending::Done(r) => encode(&r, &mut out),
-                Pending::Wait { slot, .. } => {
+                Pending::Wait(slot) => {
                     let r = slot.take().await;
                     encode(&r, &mut out);
                 }
                 Pending::Quit => encode(&Reply::Simple("OK"), &mut out),
             }
+            shard.record_client_request(command, started.elapsed());
         }
         if let Some(e) = &protocol_error {
             encode(&Reply::err(e.reply_text()), &mut out);

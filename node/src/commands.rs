@@ -47,18 +47,6 @@ pub enum Action {
     Quit,
 }
 
-/// Command names for latency histograms (a fixed set keeps label cardinality bounded).
-pub const COMMAND_NAMES: [&str; 16] = [
-    "set", "get", "del", "exists", "incr", "decr", "incrby", "decrby", "mget", "mset", "dbsize", "ping", "echo",
-    "info", "config", "other",
-];
-
-/// The histogram label for a request's command.
-pub fn command_label(args: &[Bytes]) -> &'static str {
-    let Some(name) = args.first() else { return "other" };
-    COMMAND_NAMES.iter().copied().find(|n| name.eq_ignore_ascii_case(n.as_bytes())).unwrap_or("other")
-}
-
 fn arity(name: &str) -> Reply {
     Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
 }
@@ -311,12 +299,5 @@ mod tests {
         );
         assert_eq!(serve_read(&kv, &Read::Exists(vec![b("a"), b("a"), b("z")])), Reply::Int(2));
         assert_eq!(serve_read(&kv, &Read::DbSize), Reply::Int(1));
-    }
-
-    #[test]
-    fn labels_are_a_fixed_set() {
-        assert_eq!(command_label(&req("SET a b")), "set");
-        assert_eq!(command_label(&req("hget a")), "other");
-        assert_eq!(command_label(&[]), "other");
     }
 }

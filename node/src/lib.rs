@@ -14,7 +14,6 @@
 //! - [`commands`]: what each client command is and how it is answered.
 //! - [`kv`]: the replicated state machine and the entry encoding of writes.
 //! - [`snapshot`]: snapshot files: format, writing, reading, receiving in chunks.
-//! - [`status`]: what shards publish for the admin port.
 //! - [`local`]: `skiff local`, a whole cluster on loopback.
 //! - [`cli`]: command-line flags.
 
@@ -29,5 +28,4 @@ pub mod metrics;
 pub mod server;
 pub mod shard;
 pub mod snapshot;
-pub mod status;
 pub mod sync;

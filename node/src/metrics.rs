@@ -639,9 +639,6 @@ pub struct TransportCounters {
     pub frames_in: u64,
     /// Messages dropped because the peer's send queue was full or the peer unreachable.
     pub dropped_messages: u64,
-    /// Frames from the peer refused, by reason (the transport's reason names; they become
-    /// the `reason` label).
-    pub rejected_frames: Vec<(&'static str, u64)>,
 }
 
 /// Per-peer recorder state on the shard.
@@ -689,6 +686,9 @@ pub struct ShardMetrics {
     slow_apply: SlowDetector,
     leader: NodeId,
     is_leader: bool,
+    /// Frames the shard's transport refused, by reason. Counted per transport, not per
+    /// peer: most are refused before a connection has an authenticated peer.
+    transport_rejected: Vec<(&'static str, u64)>,
 }
 
 impl ShardMetrics {
@@ -709,6 +709,7 @@ impl ShardMetrics {
             slow_apply: SlowDetector::new(SlowKind::Apply, config.slow_apply_threshold),
             leader: 0,
             is_leader: false,
+            transport_rejected: Vec::new(),
         }
     }
 
@@ -925,6 +926,12 @@ impl ShardMetrics {
         }
     }
 
+    /// The transport's frame rejections by reason (`skiff-net`'s reason names become the
+    /// `reason` label).
+    pub fn set_transport_rejections(&mut self, rejected: Vec<(&'static str, u64)>) {
+        self.transport_rejected = rejected;
+    }
+
     /// Forgets a peer removed from the group (its histograms and counters go too).
     pub fn remove_peer(&mut self, peer: NodeId) {
         self.peers.retain(|m| m.id != peer);
@@ -970,6 +977,7 @@ impl ShardMetrics {
             gauges: self.gauges,
             histograms,
             peers: peers.iter().map(|m| PeerReport { id: m.id, transport: m.transport.clone() }).collect(),
+            transport_rejected: self.transport_rejected.clone(),
         }
     }
 }
@@ -1066,6 +1074,11 @@ pub struct ShardStatus {
     /// Other members' progress; known on the leader only (empty elsewhere).
     pub peers: Vec<PeerStatus>,
     pub engine: EngineStats,
+    /// Keys in the state machine.
+    pub kv_keys: u64,
+    /// Order-independent digest of the state machine (hex), to compare replicas at
+    /// the same applied index.
+    pub kv_digest: String,
 }
 
 impl ShardStatus {
@@ -1121,6 +1134,8 @@ impl ShardStatus {
             pending_reads: status.pending_reads,
             peers,
             engine: EngineStats::from(&status.stats),
+            kv_keys: 0,
+            kv_digest: String::new(),
         }
     }
 }
@@ -1140,6 +1155,8 @@ pub struct ShardReport {
     pub histograms: Vec<(HistogramKey, Recorded)>,
     /// Peers with metrics, by id.
     pub peers: Vec<PeerReport>,
+    /// Frames the transport refused, by reason.
+    pub transport_rejected: Vec<(&'static str, u64)>,
 }
 
 impl ShardReport {
@@ -1499,10 +1516,8 @@ mod tests {
         m.record_proposal_rejected(RejectReason::NoLeader);
         m.record_read_rejected(RejectReason::Timeout);
         m.record_wal_write(3, 4096, Duration::from_micros(40));
-        m.set_transport_counters(
-            2,
-            TransportCounters { bytes_out: 9, rejected_frames: vec![("too_large", 1)], ..TransportCounters::default() },
-        );
+        m.set_transport_counters(2, TransportCounters { bytes_out: 9, ..TransportCounters::default() });
+        m.set_transport_rejections(vec![("too_large", 1)]);
         m.set_pending(4, 5);
         m.set_clients(6);
         let status = ShardStatus::from_engine(1, &engine_status(Role::Leader), false, 0, Duration::from_millis(10));

@@ -15,8 +15,9 @@ use log::{error, info, warn};
 use skiff_engine::ReadMode;
 use skiff_tuning::{NodeConfig, ReadModeSetting, Topology};
 
+use crate::admin::{AdminHandle, AdminServer, ops_channel};
+use crate::metrics::{Member, NodeInfo, Published};
 use crate::shard::{Shard, ShardParams, StartMode};
-use crate::status::Published;
 
 /// glommio refuses to start with less locked memory than this (RUNTIME-NOTES).
 pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
@@ -227,12 +228,13 @@ pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, Start
     })
 }
 
-/// A running node: its shard executor thread and what it publishes.
+/// A running node: its shard executor thread, its admin port, and what it publishes.
 #[derive(Debug)]
 pub struct Running {
     pub published: Arc<Published>,
     pub stop: Arc<AtomicBool>,
     shard_thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    admin: Option<AdminHandle>,
 }
 
 impl Running {
@@ -243,7 +245,13 @@ impl Running {
 
     /// Waits for the node to stop; the error is why it stopped on its own.
     pub fn wait(mut self) -> Result<(), StartError> {
-        match self.shard_thread.take().map(|h| h.join()) {
+        let res = self.shard_thread.take().map(|h| h.join());
+        if let Some(a) = self.admin.take()
+            && let Err(e) = a.shutdown()
+        {
+            warn!("stopping the admin port: {e}");
+        }
+        match res {
             Some(Ok(Ok(()))) | None => Ok(()),
             Some(Ok(Err(e))) => Err(err(e)),
             Some(Err(_)) => Err(err("the shard thread panicked")),
@@ -268,7 +276,11 @@ pub fn start(cfg: &NodeConfig, listeners: Listeners, topology: &Topology) -> Res
     let dir = prepare_data_dir(cfg)?;
     let params = shard_params(cfg, dir)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let published = Arc::new(Published::default());
+    let members = cfg.cluster.iter().map(|(&id, addr)| Member { id, addr: addr.clone(), learner: false }).collect();
+    let published =
+        Arc::new(Published::new(NodeInfo { node_id: cfg.id, cluster: cfg.cluster_name.clone(), members }, 1));
+    let (ops_tx, mut ops_rx) = ops_channel(1);
+    let ops = ops_rx.pop().expect("one receiver per shard");
     let placement = match cfg.cpu {
         Some(cpu) => Placement::Fixed(cpu as usize),
         None => Placement::Unbound,
@@ -276,13 +288,12 @@ pub fn start(cfg: &NodeConfig, listeners: Listeners, topology: &Topology) -> Res
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let (stop2, pub2) = (stop.clone(), published.clone());
     let Listeners { client, peer, admin } = listeners;
-    // The admin port arrives with its own module; until then its listener is held so
-    // that the address stays reserved and a second node cannot take it.
-    let _admin_listener = admin;
+    let admin = AdminServer::start(admin, published.clone(), ops_tx)
+        .map_err(|e| err(format!("cannot start the admin port: {e}")))?;
     let handle = LocalExecutorBuilder::new(placement)
         .name("skiff-shard-0")
         .spawn(move || async move {
-            let shard = match Shard::open(params, peer, stop2, pub2).await {
+            let shard = match Shard::open(params, peer, stop2, pub2, ops).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -308,7 +319,7 @@ pub fn start(cfg: &NodeConfig, listeners: Listeners, topology: &Topology) -> Res
                 cfg.peer_addr().unwrap_or("?"),
                 cfg.admin_addr
             );
-            Ok(Running { published, stop, shard_thread: Some(handle) })
+            Ok(Running { published, stop, shard_thread: Some(handle), admin: Some(admin) })
         }
         Ok(Err(e)) => {
             let _ = handle.join();

@@ -30,10 +30,12 @@ use skiff_engine::{
     SnapshotMeta, Storage,
 };
 use skiff_net::{AppFrame, Inbound, Lane, Transport, TransportConfig};
-use skiff_wal::{Append, Completion, DmaFs, FileSystem, Identity, Wal, WalError, WalOptions, WalStorage};
+use skiff_wal::{Append, Completion, DmaFs, FileSystem, Identity, IoTiming, Wal, WalError, WalOptions, WalStorage};
 
+use crate::admin::{Op, OpReply, OpRequest, OpsReceiver};
 use crate::commands::{self, Action, Read, Reply};
 use crate::kv::{Command, Kv, Origin};
+use crate::metrics::{self, MetricsConfig, RejectReason, ShardMetrics, ShardStatus};
 use crate::snapshot::{self, Descriptor, Receiver, SnapshotDir, SnapshotError};
 use crate::sync::{Notify, Slot};
 
@@ -112,13 +114,16 @@ pub enum ShardError {
 /// A write from a client, from the moment it is queued until it is applied.
 struct PendingWrite {
     slot: Rc<Slot<Reply>>,
-    proposed: bool,
+    /// When it was handed to the engine.
+    proposed: Option<Instant>,
 }
 
 /// A read from a client, from the moment it is queued until it is served.
 struct PendingRead {
     slot: Rc<Slot<Reply>>,
     read: Read,
+    /// When its read index was asked for.
+    asked: Option<Instant>,
     /// Set once the read index is known.
     index: Option<Index>,
 }
@@ -127,8 +132,15 @@ struct PendingRead {
 #[derive(Debug)]
 pub enum Pending {
     Done(Reply),
-    Wait { slot: Rc<Slot<Reply>>, started: Instant, label: &'static str },
+    Wait(Rc<Slot<Reply>>),
     Quit,
+}
+
+/// What woke the Ready loop.
+enum Woken {
+    Wal(Result<Completion, WalError>),
+    Op(OpRequest),
+    Other,
 }
 
 /// A snapshot received from the leader, verified and durable, waiting for the Raft
@@ -137,24 +149,6 @@ struct Received {
     index: Index,
     kv: Kv,
     desc: Descriptor,
-}
-
-/// Counters the shard keeps (exported through the admin port).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    pub proposals: u64,
-    pub applied_entries: u64,
-    pub writes_rejected: u64,
-    pub reads_rejected: u64,
-    pub timeouts: u64,
-    pub undecodable_entries: u64,
-    pub leader_changes: u64,
-    pub heartbeat_contention: u64,
-    pub snapshots_taken: u64,
-    pub snapshots_sent: u64,
-    pub snapshots_received: u64,
-    pub wal_appends: u64,
-    pub slow_fsyncs: u64,
 }
 
 struct State {
@@ -184,9 +178,8 @@ struct State {
     /// Peers a snapshot is being streamed to.
     sending: HashSet<NodeId>,
     snapshot_reports: Vec<(NodeId, bool)>,
-    last_heartbeat: HashMap<NodeId, Instant>,
     last_ready: u64,
-    counters: Counters,
+    metrics: ShardMetrics,
     leader: NodeId,
     stopping: bool,
     last_publish: Instant,
@@ -202,7 +195,9 @@ pub struct Shard {
     transport: Transport,
     snapdir: SnapshotDir,
     stop: Arc<AtomicBool>,
-    status: Arc<crate::status::Published>,
+    published: Arc<metrics::Published>,
+    /// Taken out while the loop waits on it, put back after.
+    ops: RefCell<Option<OpsReceiver>>,
 }
 
 fn request_id_base() -> u64 {
@@ -218,7 +213,8 @@ impl Shard {
         p: ShardParams,
         peer_listener: std::net::TcpListener,
         stop: Arc<AtomicBool>,
-        status: Arc<crate::status::Published>,
+        published: Arc<metrics::Published>,
+        ops: OpsReceiver,
     ) -> Result<Rc<Shard>, ShardError> {
         let wal_dir = p.dir.join("wal");
         let snapdir = SnapshotDir::new(p.dir.join("snapshots"));
@@ -301,9 +297,11 @@ impl Shard {
             received: None,
             sending: HashSet::new(),
             snapshot_reports: Vec::new(),
-            last_heartbeat: HashMap::new(),
             last_ready: 0,
-            counters: Counters::default(),
+            metrics: ShardMetrics::new(
+                p.shard,
+                MetricsConfig { slow_fsync_threshold: p.fsync_warn, slow_apply_threshold: p.apply_warn },
+            ),
             leader: 0,
             stopping: false,
             last_publish: now,
@@ -317,7 +315,8 @@ impl Shard {
             transport,
             snapdir,
             stop,
-            status,
+            published,
+            ops: RefCell::new(Some(ops)),
         }))
     }
 
@@ -351,7 +350,6 @@ impl Shard {
     /// ([`Shard::wake`]) once it has dispatched everything it read.
     pub fn dispatch(&self, args: &[Bytes]) -> Pending {
         let action = commands::parse(args);
-        let label = commands::command_label(args);
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         if st.stopping && matches!(action, Action::Write(_) | Action::Read(_)) {
@@ -363,7 +361,7 @@ impl Shard {
             Action::Info(section) => Pending::Done(self.info(&st, section.as_deref())),
             Action::Write(cmd) => {
                 if st.writes.len() >= self.p.max_pending_proposals {
-                    st.counters.writes_rejected += 1;
+                    st.metrics.record_proposal_rejected(RejectReason::Overloaded);
                     return Pending::Done(Reply::err("OVERLOADED too many writes in flight; retry later"));
                 }
                 let id = st.next_request;
@@ -372,13 +370,13 @@ impl Shard {
                 let slot = Rc::new(Slot::default());
                 let deadline = now + self.p.request_timeout;
                 st.queued_writes.push((id, entry));
-                st.writes.insert(id, PendingWrite { slot: slot.clone(), proposed: false });
+                st.writes.insert(id, PendingWrite { slot: slot.clone(), proposed: None });
                 st.write_deadlines.push_back((deadline, id));
-                Pending::Wait { slot, started: now, label }
+                Pending::Wait(slot)
             }
             Action::Read(read) => {
                 if st.reads.len() >= self.p.max_pending_reads {
-                    st.counters.reads_rejected += 1;
+                    st.metrics.record_read_rejected(RejectReason::Overloaded);
                     return Pending::Done(Reply::err("OVERLOADED too many reads in flight; retry later"));
                 }
                 let ctx = st.next_request;
@@ -386,9 +384,9 @@ impl Shard {
                 let slot = Rc::new(Slot::default());
                 let deadline = now + self.p.request_timeout;
                 st.queued_reads.push(ctx);
-                st.reads.insert(ctx, PendingRead { slot: slot.clone(), read, index: None });
+                st.reads.insert(ctx, PendingRead { slot: slot.clone(), read, asked: None, index: None });
                 st.read_deadlines.push_back((deadline, ctx));
-                Pending::Wait { slot, started: now, label }
+                Pending::Wait(slot)
             }
         }
     }
@@ -441,11 +439,14 @@ impl Shard {
     pub async fn run(self: Rc<Self>) -> Result<(), ShardError> {
         let mut grace_until: Option<Instant> = None;
         loop {
-            let completion = self.wait_for_work().await;
-            let completion = match completion {
-                Some(Err(e)) => return Err(self.fatal(e)),
-                Some(Ok(c)) => Some(c),
-                None => None,
+            let completion = match self.wait_for_work().await {
+                Woken::Wal(Err(e)) => return Err(self.fatal(e)),
+                Woken::Wal(Ok(c)) => Some(c),
+                Woken::Op(op) => {
+                    self.operation(&mut self.st.borrow_mut(), op);
+                    None
+                }
+                Woken::Other => None,
             };
             if let Err(e) = self.iteration(completion).await {
                 return Err(self.fatal_any(e));
@@ -502,29 +503,43 @@ impl Shard {
     }
 
     /// Waits until something needs the loop: the doorbell, a peer message, a WAL
-    /// completion (returned), or the next tick.
-    async fn wait_for_work(&self) -> Option<Result<Completion, WalError>> {
+    /// completion, an admin operation, or the next tick.
+    async fn wait_for_work(&self) -> Woken {
         let until_tick = {
             let st = self.st.borrow();
             (st.last_tick + self.p.tick).saturating_duration_since(Instant::now())
         };
         if until_tick.is_zero() {
-            return None;
+            return Woken::Other;
         }
         let doorbell = async {
             self.wake.wait().await;
-            None
+            Woken::Other
         };
         let inbound = async {
             self.transport.readable().await;
-            None
+            Woken::Other
         };
-        let wal = async { Some(self.wal.next_completion().await) };
+        let wal = async { Woken::Wal(self.wal.next_completion().await) };
+        let mut rx = self.ops.borrow_mut().take();
+        let ops = async {
+            // tokio's receiver is cancel-safe: losing the race loses nothing. Once the
+            // admin port is gone it never resolves again.
+            match rx.as_mut() {
+                Some(r) => match r.recv().await {
+                    Some(op) => Woken::Op(op),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
         let tick = async {
             glommio::timer::sleep(until_tick).await;
-            None
+            Woken::Other
         };
-        future::or(doorbell, future::or(inbound, future::or(wal, tick))).await
+        let woken = future::or(doorbell, future::or(inbound, future::or(wal, future::or(ops, tick)))).await;
+        *self.ops.borrow_mut() = rx;
+        woken
     }
 
     async fn iteration(self: &Rc<Self>, first: Option<Completion>) -> Result<(), ShardError> {
@@ -559,17 +574,84 @@ impl Shard {
             for (id, ok) in std::mem::take(&mut st.snapshot_reports) {
                 st.node.report_snapshot(id, ok);
             }
+            while let Some(op) = self.ops.borrow_mut().as_mut().and_then(OpsReceiver::try_recv) {
+                self.operation(st, op);
+            }
             self.propose_queued(st);
             self.expire(st, now);
         }
         self.handle_readies().await?;
         self.after_apply().await?;
+        let mut st = self.st.borrow_mut();
+        let mut timings = Vec::new();
+        self.wal.take_io_timings(&mut timings);
+        for t in timings {
+            match t {
+                IoTiming::Write { entries, bytes, took } => st.metrics.record_wal_write(entries, bytes, took),
+                IoTiming::Fsync { took } => {
+                    if let Some(w) = st.metrics.record_wal_fsync(took) {
+                        warn!("shard {}: {w}", self.p.shard);
+                    }
+                }
+            }
+        }
+        st.metrics.record_ready_iteration(now.elapsed());
         Ok(())
+    }
+
+    /// An operation from the admin port: only the leader may change the group.
+    fn operation(&self, st: &mut State, req: OpRequest) {
+        let leader = st.node.leader();
+        let is_member = |id: NodeId| self.p.members.iter().any(|(m, _)| *m == id);
+        let reply = if st.stopping {
+            OpReply::Unavailable("the node is shutting down".into())
+        } else if st.node.role() != Role::Leader {
+            OpReply::NotLeader { leader }
+        } else {
+            let proposed = |r: Result<(), RequestError>, what: String| match r {
+                Ok(()) => OpReply::Done(format!("proposed: {what}")),
+                Err(RequestError::ConfChangePending) => {
+                    OpReply::Conflict("a membership change is still being applied; retry when it is".into())
+                }
+                Err(e) => OpReply::Conflict(e.to_string()),
+            };
+            match &req.op {
+                Op::TransferLeader { to } => {
+                    if !st.node.conf_state().voters.contains(to) {
+                        OpReply::Invalid { parameter: "to", reason: format!("{to} is not a voter of this group") }
+                    } else {
+                        st.node.transfer_leadership(*to);
+                        OpReply::Done(format!("transferring leadership to {to}"))
+                    }
+                }
+                Op::AddMember { id, .. } if !is_member(*id) => OpReply::Invalid {
+                    parameter: "id",
+                    reason: format!(
+                        "{id} is not in this node's cluster list: add `{id}=HOST:PORT` to every member's --cluster \
+                         and restart them one at a time first"
+                    ),
+                },
+                Op::AddMember { id, learner: true, .. } => {
+                    proposed(st.node.propose_conf_change(ConfChange::AddLearner(*id)), format!("add learner {id}"))
+                }
+                Op::AddMember { id, learner: false, .. } | Op::PromoteMember { id } => {
+                    proposed(st.node.propose_conf_change(ConfChange::AddVoter(*id)), format!("add voter {id}"))
+                }
+                Op::RemoveMember { id } => {
+                    proposed(st.node.propose_conf_change(ConfChange::RemoveNode(*id)), format!("remove {id}"))
+                }
+                Op::SetElectionTimeout { ticks } => match u32::try_from(*ticks) {
+                    Ok(t) => proposed(st.node.propose_election_timeout(t), format!("election timeout {t} ticks")),
+                    Err(_) => OpReply::Invalid { parameter: "ticks", reason: "too large".into() },
+                },
+            }
+        };
+        info!("shard {}: admin operation {}: {reply:?}", self.p.shard, req.op.name());
+        req.reply(reply);
     }
 
     fn completed(&self, st: &mut State, c: Completion) {
         st.node.on_persist_ready(c.tag);
-        st.counters.wal_appends += 1;
         if let Some((seq, keep)) = st.remove_snapshots_after
             && c.seq >= seq
         {
@@ -628,7 +710,7 @@ impl Shard {
             let rx = st.receiving.take().expect("checked");
             match rx.finish(&self.snapdir) {
                 Ok((_, kv, desc)) => {
-                    st.counters.snapshots_received += 1;
+                    st.metrics.record_snapshot_received();
                     st.received = Some(Received { index, kv, desc });
                 }
                 Err(e) => warn!("shard {}: snapshot from {from} refused: {e}", self.p.shard),
@@ -649,23 +731,30 @@ impl Shard {
             let entries: Vec<Entry> = batch.into_iter().map(|(_, e)| e).collect();
             match st.node.propose_batch(entries) {
                 Ok(()) => {
-                    st.counters.proposals += ids.len() as u64;
+                    st.metrics.record_proposals(ids.len() as u64);
+                    let now = Instant::now();
                     for id in ids {
                         if let Some(w) = st.writes.get_mut(&id) {
-                            w.proposed = true;
+                            w.proposed = Some(now);
                         }
                     }
                 }
                 Err(e) => {
-                    let reply = match e {
-                        RequestError::Overloaded => "OVERLOADED too many uncommitted writes; retry later".to_string(),
-                        RequestError::TransferInProgress | RequestError::NoLeader => {
-                            "TRYAGAIN leadership is changing; retry".to_string()
+                    let (reason, reply) = match e {
+                        RequestError::Overloaded => (
+                            RejectReason::Overloaded,
+                            "OVERLOADED too many uncommitted writes; retry later".to_string(),
+                        ),
+                        RequestError::NoLeader => {
+                            (RejectReason::NoLeader, "TRYAGAIN no leader is known; retry".to_string())
                         }
-                        other => format!("ERR {other}"),
+                        RequestError::TransferInProgress => {
+                            (RejectReason::LeadershipLost, "TRYAGAIN leadership is changing; retry".to_string())
+                        }
+                        other => (RejectReason::Dropped, format!("ERR {other}")),
                     };
-                    st.counters.writes_rejected += ids.len() as u64;
                     for id in ids {
+                        st.metrics.record_proposal_rejected(reason);
                         if let Some(w) = st.writes.remove(&id) {
                             w.slot.fill(Reply::err(reply.clone()));
                         }
@@ -673,9 +762,13 @@ impl Shard {
                 }
             }
         }
+        let now = Instant::now();
         for ctx in std::mem::take(&mut st.queued_reads) {
+            if let Some(r) = st.reads.get_mut(&ctx) {
+                r.asked = Some(now);
+            }
             if let Err(e) = st.node.read_index(ctx) {
-                st.counters.reads_rejected += 1;
+                st.metrics.record_read_rejected(RejectReason::NoLeader);
                 if let Some(r) = st.reads.remove(&ctx) {
                     r.slot.fill(Reply::err(format!("TRYAGAIN {e}")));
                 }
@@ -691,8 +784,8 @@ impl Shard {
             }
             st.write_deadlines.pop_front();
             if let Some(w) = st.writes.remove(&id) {
-                st.counters.timeouts += 1;
-                let msg = if w.proposed {
+                st.metrics.record_proposal_rejected(RejectReason::Timeout);
+                let msg = if w.proposed.is_some() {
                     "TIMEOUT the write was not applied in time; its outcome is unknown"
                 } else {
                     "TRYAGAIN no leader is known; retry later"
@@ -707,7 +800,7 @@ impl Shard {
             }
             st.read_deadlines.pop_front();
             if let Some(r) = st.reads.remove(&ctx) {
-                st.counters.timeouts += 1;
+                st.metrics.record_read_rejected(RejectReason::Timeout);
                 let msg = if r.index.is_some() {
                     "TIMEOUT the read could not be served in time"
                 } else {
@@ -730,8 +823,8 @@ impl Shard {
             };
             if let Some(ss) = rd.soft_state {
                 let mut st = self.st.borrow_mut();
+                st.metrics.record_leader(ss.leader, ss.role == Role::Leader);
                 if ss.leader != st.leader {
-                    st.counters.leader_changes += 1;
                     info!(
                         "shard {}: leader is now {} (this node: {}, term {})",
                         self.p.shard,
@@ -755,6 +848,7 @@ impl Shard {
                     compact: compaction.as_ref().map(|(m, _)| m),
                     must_sync: rd.must_sync,
                 };
+                self.make_room().await?;
                 let seq = self.wal.submit(&append).await?;
                 let mut st = self.st.borrow_mut();
                 st.last_ready = rd.number();
@@ -768,6 +862,22 @@ impl Shard {
             let mut st = self.st.borrow_mut();
             self.apply(&mut st, &mut rd)?;
             st.node.advance_async(rd);
+        }
+    }
+
+    /// Waits until the WAL accepts another append. The WAL holds a bounded number of
+    /// appends whose completions have not been taken, and only this loop takes them:
+    /// waiting in `submit` without taking them would wait forever.
+    async fn make_room(&self) -> Result<(), WalError> {
+        loop {
+            while let Some(c) = self.wal.try_next_completion()? {
+                self.completed(&mut self.st.borrow_mut(), c);
+            }
+            if self.wal.has_room() {
+                return Ok(());
+            }
+            let c = self.wal.next_completion().await?;
+            self.completed(&mut self.st.borrow_mut(), c);
         }
     }
 
@@ -799,19 +909,9 @@ impl Shard {
     /// that leaves more than twice its interval after the previous one means the loop
     /// was starved.
     fn heartbeat_sent(&self, to: NodeId, now: Instant) {
-        let mut st = self.st.borrow_mut();
         let interval = self.p.tick * self.p.heartbeat_ticks;
-        if let Some(prev) = st.last_heartbeat.insert(to, now) {
-            let gap = now.saturating_duration_since(prev);
-            if gap > 2 * interval {
-                st.counters.heartbeat_contention += 1;
-                warn!(
-                    "shard {}: heartbeat to peer {to} left {:?} after the previous one (expected {:?}): the node is \
-                     likely overloaded (CPU starved or a slow disk stalling the loop); read histograms \
-                     ready_loop_iteration and wal_fsync",
-                    self.p.shard, gap, interval
-                );
-            }
+        if let Some(c) = self.st.borrow_mut().metrics.record_heartbeat_sent(to, now, interval) {
+            warn!("shard {}: {c}", self.p.shard);
         }
     }
 
@@ -827,7 +927,7 @@ impl Shard {
         st.sending.remove(&to);
         st.snapshot_reports.push((to, ok.is_ok()));
         if ok.is_ok() {
-            st.counters.snapshots_sent += 1;
+            st.metrics.record_snapshot_sent();
         }
         drop(st);
         self.wake();
@@ -882,9 +982,12 @@ impl Shard {
             st.last_snapshot = r.index;
             st.bytes_since_snapshot = 0;
         }
+        let committed = rd.committed_entries.len() as u64;
+        if committed > 0 {
+            st.metrics.record_committed(committed);
+        }
         for e in rd.committed_entries.drain(..) {
             st.applied = e.index;
-            st.counters.applied_entries += 1;
             st.bytes_since_snapshot += e.data.len() as u64;
             match e.kind {
                 EntryKind::Normal if !e.data.is_empty() => match Command::decode(&e.data) {
@@ -893,10 +996,17 @@ impl Shard {
                         if origin.node == self.p.node_id
                             && let Some(w) = st.writes.remove(&origin.request)
                         {
+                            if let Some(at) = w.proposed {
+                                st.metrics.record_propose_to_commit(t0.saturating_duration_since(at));
+                            }
                             w.slot.fill(commands::outcome_reply(&outcome));
                         }
                     }
-                    None => st.counters.undecodable_entries += 1,
+                    // Every member skips it alike, so the replicas stay identical.
+                    None => warn!(
+                        "shard {}: entry {} is not a command this version understands; applied as a no-op",
+                        self.p.shard, e.index
+                    ),
                 },
                 EntryKind::ConfChange => {
                     if let Some(cc) = ConfChange::decode(&e.data) {
@@ -910,13 +1020,18 @@ impl Shard {
                 _ => {}
             }
         }
+        let now = Instant::now();
         for ReadState { ctx, index } in rd.read_states.drain(..) {
             if let Some(r) = st.reads.get_mut(&ctx) {
                 r.index = Some(index);
+                if let Some(at) = r.asked {
+                    st.metrics.record_read_index(now.saturating_duration_since(at));
+                }
                 st.reads_by_index.entry(index).or_default().push(ctx);
             }
         }
         // Serve every read whose index is applied (diss. §6.4 step 4).
+        let mut served = 0;
         while let Some(entry) = st.reads_by_index.first_entry() {
             if *entry.key() > st.applied {
                 break;
@@ -924,12 +1039,19 @@ impl Shard {
             for ctx in entry.remove() {
                 if let Some(r) = st.reads.remove(&ctx) {
                     r.slot.fill(commands::serve_read(&st.kv, &r.read));
+                    served += 1;
                 }
             }
         }
-        let took = t0.elapsed();
-        if took > self.p.apply_warn {
-            warn!("shard {}: applying one batch took {took:?}; read histogram commit_to_apply", self.p.shard);
+        if served > 0 {
+            st.metrics.record_reads(served);
+        }
+        if committed > 0 {
+            let took = t0.elapsed();
+            st.metrics.record_commit_to_apply(took);
+            if let Some(w) = st.metrics.record_apply_batch(committed, took) {
+                warn!("shard {}: {w}", self.p.shard);
+            }
         }
         Ok(())
     }
@@ -942,7 +1064,7 @@ impl Shard {
             let mut st = self.st.borrow_mut();
             if now.duration_since(st.last_publish) >= PUBLISH_INTERVAL {
                 st.last_publish = now;
-                self.status.publish(self.p.shard, self.snapshot_status(&st));
+                self.publish(&mut st);
             }
             let due = !st.snapshot_running
                 && st.bytes_since_snapshot >= self.p.snapshot_log_bytes
@@ -983,6 +1105,7 @@ impl Shard {
                 (m, d, st.last_ready)
             };
             let append = Append { tag, compact: Some(&meta), must_sync: true, ..Default::default() };
+            self.make_room().await?;
             let seq = self.wal.submit(&append).await?;
             let mut st = self.st.borrow_mut();
             self.recorded_snapshot(&mut st, seq, &meta, desc);
@@ -1007,7 +1130,7 @@ impl Shard {
         st.snapshot_running = false;
         match res {
             Ok(desc) => {
-                st.counters.snapshots_taken += 1;
+                st.metrics.record_snapshot_taken();
                 info!("shard {}: wrote snapshot at index {} ({} bytes)", self.p.shard, meta.index, desc.bytes);
                 st.pending_compaction = Some((meta, desc));
             }
@@ -1017,25 +1140,48 @@ impl Shard {
         self.wake();
     }
 
-    fn snapshot_status(&self, st: &State) -> crate::status::ShardStatus {
-        crate::status::ShardStatus {
-            shard: self.p.shard,
-            status: st.node.status(),
-            applied: st.applied,
-            last_snapshot: st.last_snapshot,
-            kv_keys: st.kv.len() as u64,
-            kv_digest: st.kv.digest(),
-            clients: st.clients,
-            pending_writes: st.writes.len(),
-            pending_reads: st.reads.len(),
-            counters: st.counters,
-            transport: crate::status::TransportCounters::from_stats(self.transport.stats()),
-        }
+    /// The shard's status as the admin port shows it.
+    fn shard_status(&self, st: &State) -> ShardStatus {
+        let status = st.node.status();
+        let learner = status.conf_state.learners.contains(&self.p.node_id);
+        let mut s = ShardStatus::from_engine(self.p.shard, &status, learner, st.last_snapshot, self.p.tick);
+        s.applied = st.applied;
+        s.kv_keys = st.kv.len() as u64;
+        s.kv_digest = format!("{:016x}", st.kv.digest());
+        s
     }
 
-    /// Status as of now (for tests and the admin port).
-    pub fn status(&self) -> crate::status::ShardStatus {
-        self.snapshot_status(&self.st.borrow())
+    /// Publishes this shard's report for the admin port.
+    fn publish(&self, st: &mut State) {
+        for (id, _) in &self.p.members {
+            if let Some(t) = self.transport.peer_traffic(*id) {
+                st.metrics.set_transport_counters(
+                    *id,
+                    metrics::TransportCounters {
+                        bytes_out: t.bytes_out,
+                        bytes_in: t.bytes_in,
+                        frames_out: t.frames_out,
+                        frames_in: t.frames_in,
+                        dropped_messages: t.dropped,
+                    },
+                );
+            }
+        }
+        st.metrics.set_transport_rejections(self.transport.stats().rejections().map(|(r, n)| (r.name(), n)).collect());
+        st.metrics.set_pending(st.writes.len() as u64, st.reads.len() as u64);
+        st.metrics.set_clients(st.clients as u64);
+        let report = st.metrics.report(self.shard_status(st));
+        self.published.publish(report);
+    }
+
+    /// Status as of now (for tests).
+    pub fn status(&self) -> ShardStatus {
+        self.shard_status(&self.st.borrow())
+    }
+
+    /// Records a client request's latency.
+    pub fn record_client_request(&self, command: metrics::Command, took: Duration) {
+        self.st.borrow_mut().metrics.record_client_request(command, took);
     }
 }
 

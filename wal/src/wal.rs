@@ -133,6 +133,19 @@ pub struct Completion {
     pub synced: bool,
 }
 
+/// A measured write or fdatasync, for the node's latency histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoTiming {
+    /// One append's `write_at`: the entries it carried, its bytes on disk (padding
+    /// included) and how long it took.
+    Write { entries: u64, bytes: u64, took: std::time::Duration },
+    /// One `fdatasync` (covering every write completed before it began).
+    Fsync { took: std::time::Duration },
+}
+
+/// Timings kept until the node takes them: if it never does, the oldest are dropped.
+pub const IO_TIMINGS_MAX: usize = 4096;
+
 /// What `Wal::open` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -150,6 +163,8 @@ struct Pending<B> {
     offset: u64,
     activates: bool,
     buf: B,
+    /// Entry records it carries (for the node's batch-size histogram).
+    entries: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -207,6 +222,16 @@ struct State<F: FileSystem> {
     /// Segments holding the log, ascending.
     segments: VecDeque<u64>,
     wakers: [Option<Waker>; SLOTS],
+    timings: VecDeque<IoTiming>,
+}
+
+impl<F: FileSystem> State<F> {
+    fn record_timing(&mut self, t: IoTiming) {
+        if self.timings.len() >= IO_TIMINGS_MAX {
+            self.timings.pop_front();
+        }
+        self.timings.push_back(t);
+    }
 }
 
 struct Inner<F: FileSystem> {
@@ -370,11 +395,14 @@ async fn writer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             inner.wake(&[Slot::House]);
         }
         let file = inner.st.borrow().active.clone().expect("a segment is active");
+        let (bytes, entries) = (p.buf.as_slice().len() as u64, p.entries);
+        let started = std::time::Instant::now();
         match file.write_at(p.buf, p.offset).await {
             Ok(()) => {
                 {
                     let mut st = inner.st.borrow_mut();
                     st.written_seq = p.seq;
+                    st.record_timing(IoTiming::Write { entries, bytes, took: started.elapsed() });
                 }
                 {
                     let mut log = inner.log.borrow_mut();
@@ -410,9 +438,14 @@ async fn syncer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             // segments only when nothing is left unsynced.
             (st.written_seq, st.active.clone().expect("written implies active"))
         };
+        let started = std::time::Instant::now();
         match file.fdatasync().await {
             Ok(()) => {
-                inner.st.borrow_mut().synced_seq = target;
+                {
+                    let mut st = inner.st.borrow_mut();
+                    st.synced_seq = target;
+                    st.record_timing(IoTiming::Fsync { took: started.elapsed() });
+                }
                 inner.advance_completions();
                 inner.release_segments();
                 inner.wake(&[Slot::Writer]);
@@ -674,6 +707,7 @@ impl<F: FileSystem + 'static> Wal<F> {
             released: VecDeque::new(),
             segments: rec.segments.iter().copied().collect(),
             wakers: Default::default(),
+            timings: VecDeque::new(),
         };
         let inner = Rc::new(Inner { fs, opts, log: Rc::new(RefCell::new(log)), st: RefCell::new(st) });
         glommio::spawn_local(writer_task(inner.clone())).detach();
@@ -684,6 +718,11 @@ impl<F: FileSystem + 'static> Wal<F> {
 }
 
 impl<F: FileSystem> Wal<F> {
+    /// Moves the writes and fdatasyncs measured since the last call into `out`.
+    pub fn take_io_timings(&self, out: &mut Vec<IoTiming>) {
+        out.extend(self.inner.st.borrow_mut().timings.drain(..));
+    }
+
     /// What recovery found.
     pub fn open_report(&self) -> &OpenReport {
         &self.report
@@ -882,7 +921,14 @@ impl<F: FileSystem> Wal<F> {
             st.releases.push_back((seq, seg_seq));
         }
         st.unacked.push_back(Unacked { seq, tag: a.tag, sync: a.must_sync });
-        st.queue.push_back(Pending { seq, segment_seq: seg_seq, offset, activates, buf });
+        st.queue.push_back(Pending {
+            seq,
+            segment_seq: seg_seq,
+            offset,
+            activates,
+            buf,
+            entries: a.entries.len() as u64,
+        });
         drop(st);
         inner.wake(&[Slot::Writer]);
         Ok(seq)

@@ -42,6 +42,16 @@ fn raft_messages_and_app_frames_flow_both_ways() {
         assert_eq!(t1.stats().frames_sent.get(), 1);
         assert_eq!(t2.stats().frames_received.get(), 1);
         assert!(RejectReason::ALL.iter().all(|r| t1.stats().rejected(*r) == 0));
+        // Per-peer traffic: node 1 sent one frame to 2 and got two from it.
+        wait_until(|| t2.peer_traffic(1).is_some_and(|t| t.frames_out == 2)).await;
+        let (a, b) = (t1.peer_traffic(2).unwrap(), t2.peer_traffic(1).unwrap());
+        assert_eq!((a.frames_out, a.frames_in, b.frames_out, b.frames_in), (1, 2, 2, 1));
+        assert_eq!(a.bytes_out, b.bytes_in, "what one side sent, the other received");
+        assert!(a.bytes_out > 600, "three payloads of 100, 200 and 300 bytes: {a:?}");
+        assert_eq!(t1.peer_traffic(99), None);
+        // A message to a peer that is not connected is dropped and counted for it.
+        assert!(t1.send(heartbeat(1, 3, 1)).is_err());
+        assert_eq!(t1.peer_traffic(3).unwrap().dropped, 1);
     });
 }
 

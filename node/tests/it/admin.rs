@@ -109,15 +109,9 @@ fn fabricated_published() -> Arc<Published> {
     m.record_peer_send_queue_delay(3, Duration::from_micros(25));
     m.set_transport_counters(
         2,
-        TransportCounters {
-            bytes_out: 1 << 20,
-            bytes_in: 4096,
-            frames_out: 300,
-            frames_in: 290,
-            dropped_messages: 1,
-            rejected_frames: vec![("too_large", 2), ("bad_checksum", 1)],
-        },
+        TransportCounters { bytes_out: 1 << 20, bytes_in: 4096, frames_out: 300, frames_in: 290, dropped_messages: 1 },
     );
+    m.set_transport_rejections(vec![("too_large", 2), ("bad_checksum", 1)]);
     m.set_transport_counters(3, TransportCounters { bytes_out: 1 << 19, ..TransportCounters::default() });
     m.set_pending(3, 1);
     m.set_clients(5);
@@ -386,7 +380,7 @@ fn metrics_are_prometheus_text_that_promtool_accepts() {
         "skiff_proposals_rejected_total{shard=\"0\",reason=\"overloaded\"} 1",
         "skiff_reads_rejected_total{shard=\"0\",reason=\"no_leader\"} 1",
         "skiff_peer_sent_bytes_total{shard=\"0\",peer=\"2\"} 1048576",
-        "skiff_peer_rejected_frames_total{shard=\"0\",peer=\"2\",reason=\"too_large\"} 2",
+        "skiff_transport_rejected_frames_total{shard=\"0\",reason=\"too_large\"} 2",
         "skiff_peer_dropped_messages_total{shard=\"0\",peer=\"2\"} 1",
         "skiff_raft_messages_dropped_total{shard=\"0\",reason=\"stale_term\"} 4",
         "skiff_node_info{cluster=\"test-cluster\",node=\"1\"} 1",

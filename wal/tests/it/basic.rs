@@ -318,3 +318,27 @@ fn a_real_tmpfs_directory_is_refused() {
     let s = err.to_string();
     assert!(s.contains("tmpfs") && s.contains("ext4"), "{s}");
 }
+
+#[test]
+fn writes_and_fdatasyncs_are_timed_for_the_node() {
+    use skiff_wal::IoTiming;
+    run(async {
+        let fs = SimFs::new();
+        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        let mut model = Model::default();
+        let e = [ent(1, 1, 100)];
+        submit(&wal, &mut model, Append { tag: 1, entries: &e, must_sync: true, ..Default::default() }).await;
+        let c = wal.next_completion().await.unwrap();
+        assert!(c.synced);
+        let mut t = Vec::new();
+        wal.take_io_timings(&mut t);
+        assert!(
+            t.iter().any(|x| matches!(x, IoTiming::Write { bytes, entries: 1, .. } if (*bytes as usize).is_multiple_of(BLOCK_BYTES) && *bytes > 0)),
+            "one block-aligned write: {t:?}"
+        );
+        assert!(t.iter().any(|x| matches!(x, IoTiming::Fsync { .. })), "one fdatasync: {t:?}");
+        let mut again = Vec::new();
+        wal.take_io_timings(&mut again);
+        assert!(again.is_empty(), "taken once");
+    });
+}
