@@ -56,8 +56,28 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// How long start-up waits for a busy port to be released. A node that just exited
+/// (a restart) still holds its listening sockets for a moment: io_uring releases the
+/// sockets its in-flight requests reference only when the kernel has torn the ring down,
+/// after the process is gone.
+pub const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
 fn bind(what: &str, key: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|e| {
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    let mut logged = false;
+    let res = loop {
+        match TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                if !logged {
+                    info!("{what} address {addr} is busy; waiting up to {PORT_RELEASE_WAIT:?} for it to be released");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    res.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             err(format!(
                 "{what} address {addr} is already in use (another process listens there); stop it or choose another {key}"

@@ -1,3 +1,7 @@
-//! Integration tests for skiff-node, one module per area (one binary keeps the build fast).
+//! Integration tests of the node: the admin port on fabricated reports, and whole
+//! clusters of real `skiff` processes.
 
 mod admin;
+mod cluster;
+mod node;
+mod startup;

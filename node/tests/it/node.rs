@@ -1,0 +1,199 @@
+//! Whole-node behaviour with real processes: elections, writes and reads through every
+//! node, leader failure (SIGKILL), full restarts, catching up by snapshot after
+//! compaction, bad client input, graceful stop, and refused configurations.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use skiff_net::RespValue;
+
+use crate::cluster::{Cluster, bulk, ok, write_until_ok};
+
+const ELECTION: Duration = Duration::from_secs(10);
+
+#[test]
+fn three_nodes_elect_a_leader_and_every_node_serves_writes_and_reads() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    assert!((1..=3).contains(&leader));
+    // A write through each node (followers relay), readable through every node.
+    for id in 1..=3 {
+        let mut cl = c.client(id);
+        assert_eq!(write_until_ok(&mut cl, &["SET", &format!("k{id}"), &format!("v{id}")], ELECTION), ok());
+    }
+    for id in 1..=3 {
+        let mut cl = c.client(id);
+        for k in 1..=3 {
+            assert_eq!(cl.cmd(&["GET", &format!("k{k}")]), bulk(&format!("v{k}")), "node {id} reads k{k}");
+        }
+        assert_eq!(cl.cmd(&["EXISTS", "k1", "k2", "nope"]), RespValue::Integer(2));
+        assert_eq!(cl.cmd(&["DBSIZE"]), RespValue::Integer(3));
+    }
+    // INCR through different nodes: each sees the previous one's effect.
+    for (i, id) in [1u64, 2, 3, 1].iter().enumerate() {
+        assert_eq!(c.client(*id).cmd(&["INCR", "counter"]), RespValue::Integer(i as i64 + 1));
+    }
+    let mut cl = c.client(2);
+    assert_eq!(cl.cmd(&["SET", "k1", "x", "NX"]), RespValue::NullBulk);
+    assert_eq!(cl.cmd(&["SET", "k9", "x", "XX"]), RespValue::NullBulk);
+    assert_eq!(cl.cmd(&["MSET", "m1", "a", "m2", "b"]), ok());
+    assert_eq!(cl.cmd(&["MGET", "m1", "m2", "zz"]), RespValue::Array(vec![bulk("a"), bulk("b"), RespValue::NullBulk]));
+    assert_eq!(cl.cmd(&["DEL", "m1", "m2", "zz"]), RespValue::Integer(2));
+    assert!(matches!(cl.cmd(&["NOSUCH"]), RespValue::Error(_)));
+    assert!(matches!(cl.cmd(&["GET"]), RespValue::Error(_)));
+    // Every replica reaches the same state (same applied index: same digest).
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        // Reports are published a few times a second; a shard not yet reported is null.
+        let st: Vec<Option<(u64, String)>> = (1..=3)
+            .map(|id| {
+                let s = &c.status(id)["shards"][0];
+                Some((s["applied"].as_u64()?, s["kv_digest"].as_str()?.to_string()))
+            })
+            .collect();
+        if st[0].is_some() && st.iter().all(|x| *x == st[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let via = 1 + (i % 3) as u64;
+        let k = format!("key{i}");
+        if write_until_ok(&mut c.client(via), &["SET", &k, &i.to_string()], ELECTION) == ok() {
+            acked.push((k, i));
+        }
+    }
+    assert_eq!(acked.len(), 100);
+    c.kill(leader);
+    let new_leader = c.leader(ELECTION);
+    assert_ne!(new_leader, leader, "a surviving node leads");
+    for id in (1..=3).filter(|&id| id != leader) {
+        let mut cl = c.client(id);
+        for (k, v) in &acked {
+            assert_eq!(cl.cmd(&["GET", k]), bulk(&v.to_string()), "node {id} lost {k}");
+        }
+    }
+    // Writes continue, and the old leader, restarted, catches up.
+    assert_eq!(write_until_ok(&mut c.client(new_leader), &["SET", "after", "1"], ELECTION), ok());
+    c.restart(leader);
+    c.leader(ELECTION);
+    let mut cl = c.client(leader);
+    assert_eq!(write_until_ok(&mut cl, &["GET", "after"], ELECTION), bulk("1"));
+    assert_eq!(cl.cmd(&["GET", "key99"]), bulk("99"));
+}
+
+#[test]
+fn restarting_every_node_keeps_all_data() {
+    let mut c = Cluster::start(3, &[]);
+    c.leader(ELECTION);
+    for i in 0..50 {
+        assert_eq!(write_until_ok(&mut c.client(1), &["SET", &format!("k{i}"), &format!("v{i}")], ELECTION), ok());
+    }
+    for id in 1..=3 {
+        assert!(c.stop(id, Duration::from_secs(10)), "node {id} stops cleanly on SIGTERM");
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    c.leader(ELECTION);
+    for id in 1..=3 {
+        let mut cl = c.client(id);
+        for i in 0..50 {
+            assert_eq!(write_until_ok(&mut cl, &["GET", &format!("k{i}")], ELECTION), bulk(&format!("v{i}")));
+        }
+    }
+}
+
+#[test]
+fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
+    // Snapshots every 16 KiB of log: a few hundred writes compact the log many times.
+    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384"]);
+    let leader = c.leader(ELECTION);
+    let lagging = if leader == 3 { 2 } else { 3 };
+    assert!(c.stop(lagging, Duration::from_secs(10)));
+    let value = "x".repeat(200);
+    for i in 0..400 {
+        assert_eq!(write_until_ok(&mut c.client(leader), &["SET", &format!("k{i}"), &value], ELECTION), ok());
+    }
+    let deadline = Instant::now() + ELECTION;
+    while c.status(leader)["shards"][0]["first_index"].as_u64().unwrap_or(0) <= 2 {
+        assert!(Instant::now() < deadline, "the leader compacted its log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.restart(lagging);
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let s = &c.status(lagging)["shards"][0];
+        if s["kv_keys"].as_u64() == Some(400) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower caught up: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
+    assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot, not by replaying the log");
+    assert_eq!(c.client(lagging).cmd(&["GET", "k399"]), bulk(&value));
+}
+
+#[test]
+fn bad_client_input_is_refused_while_other_clients_are_served() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    let mut good = c.client(leader);
+    assert_eq!(write_until_ok(&mut good, &["SET", "a", "1"], ELECTION), ok());
+    let cases: &[(&str, &[u8])] = &[
+        ("garbage multibulk length", b"*x\r\n"),
+        ("oversized bulk length", b"*1\r\n$999999999999\r\n"),
+        ("oversized array", b"*99999999\r\n"),
+        ("bulk without its CRLF", b"*1\r\n$1\r\nab\r\n"),
+    ];
+    for (what, bytes) in cases {
+        let mut bad = c.client(leader);
+        bad.send_raw(bytes).unwrap();
+        match bad.read_reply() {
+            Some(RespValue::Error(e)) => {
+                assert!(e.starts_with(b"ERR Protocol error"), "{what}: {}", String::from_utf8_lossy(&e))
+            }
+            other => panic!("{what}: expected a protocol error, got {other:?}"),
+        }
+        assert!(bad.read_reply().is_none(), "{what}: the connection is closed");
+        assert_eq!(good.cmd(&["GET", "a"]), bulk("1"), "{what}: others keep being served");
+    }
+    // A pipeline of many requests in one write is answered in order.
+    let mut p = c.client(leader);
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..200 {
+        skiff_net::resp::encode_request(&["SET", &format!("p{i}"), &i.to_string()], &mut batch);
+    }
+    p.send_raw(&batch).unwrap();
+    for _ in 0..200 {
+        assert_eq!(p.read_reply(), Some(ok()));
+    }
+    assert_eq!(p.cmd(&["GET", "p199"]), bulk("199"));
+}
+
+#[test]
+fn redis_cli_sets_and_gets() {
+    if Command::new("redis-cli").arg("--version").output().is_err() {
+        eprintln!("redis-cli is not installed (apt-get install redis-tools): skipped");
+        return;
+    }
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    let port = c.node(leader).client.rsplit(':').next().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-p", &port]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["SET", "greeting", "hello"]), "OK");
+    assert_eq!(run(&["GET", "greeting"]), "hello");
+    assert!(run(&["INFO", "replication"]).contains("raft_role:leader"));
+}

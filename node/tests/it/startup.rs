@@ -1,0 +1,120 @@
+//! Start-up refusals: every bad configuration or data directory exits non-zero with a
+//! message naming the problem, and nothing is touched. And a graceful stop on SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::{Cluster, ok, write_until_ok};
+
+fn skiff(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).output().expect("run skiff");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn bad_configurations_are_refused_with_their_reason() {
+    let d = dir("cfg");
+    let data = d.to_string_lossy().into_owned();
+    let base = ["serve", "--cluster", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3", "--data-dir", &data];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["serve", "--id", "1", "--data-dir", &data], "missing field `cluster`"),
+        (vec!["serve", "--id", "1", "--cluster", "1=127.0.0.1:1"], "missing field `data_dir`"),
+        ([&base[..], &["--id", "9"]].concat(), "not a member of cluster"),
+        (vec!["serve", "--id", "1", "--cluster", "1=127.0.0.1:1,1=127.0.0.1:2", "--data-dir", &data], "appears twice"),
+        (vec!["serve", "--id", "1", "--cluster", "1=127.0.0.1", "--data-dir", &data], "HOST:PORT"),
+        ([&base[..], &["--id", "1", "--client-addr", "nonsense"]].concat(), "client_addr"),
+        ([&base[..], &["--id", "1", "--cpu", "4096"]].concat(), "cpu 4096"),
+        ([&base[..], &["--id", "1", "--election-ticks", "1"]].concat(), "election_ticks"),
+        ([&base[..], &["--id", "1", "--read-mode", "lease", "--check-quorum", "false"]].concat(), "check_quorum"),
+        ([&base[..], &["--id", "1", "--bootstrap", "--join"]].concat(), "exclusive"),
+        (vec!["serve", "--config", "/nonexistent/skiff.toml"], "/nonexistent/skiff.toml"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = skiff(&args);
+        assert_eq!(code, 2, "{args:?} exits with 2: {err}");
+        assert!(err.contains(want), "{args:?}: stderr {err:?} does not mention {want:?}");
+    }
+    assert!(!d.exists(), "a refused configuration creates no data directory");
+    // An unknown key in a file is refused by name.
+    std::fs::create_dir_all(&d).unwrap();
+    let f = d.join("skiff.toml");
+    std::fs::write(&f, "id = 1\ncolour = \"blue\"\n").unwrap();
+    let (code, err) = skiff(&["serve", "--config", &f.to_string_lossy()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("colour"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn busy_ports_foreign_data_directories_and_empty_ones_are_refused() {
+    let mut c = Cluster::start(1, &[]);
+    c.leader(Duration::from_secs(10));
+    // The client port of the running node, given to another node: refused, not shared.
+    let d = dir("busy");
+    let peer = format!("127.0.0.1:{}", crate::cluster::free_port());
+    let (code, err) = skiff(&[
+        "serve",
+        "--id",
+        "1",
+        "--cluster",
+        &format!("1={peer}"),
+        "--data-dir",
+        &d.to_string_lossy(),
+        "--client-addr",
+        &c.node(1).client,
+        "--bootstrap",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already in use") && err.contains("client_addr"), "{err}");
+    // The running node's data directory, claimed by node 2 of the same cluster name.
+    assert!(c.stop(1, Duration::from_secs(10)));
+    let data = c.node(1).dir.to_string_lossy().into_owned();
+    let (code, err) =
+        skiff(&["serve", "--id", "2", "--cluster", &format!("2={peer}"), "--cluster-name", "it", "--data-dir", &data]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("belongs to another node or cluster"), "{err}");
+    // An empty data directory without --bootstrap or --join: this node lost its data.
+    let empty = dir("empty");
+    let (code, err) =
+        skiff(&["serve", "--id", "1", "--cluster", &format!("1={peer}"), "--data-dir", &empty.to_string_lossy()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("holds no Raft state"), "{err}");
+    // A directory that is not a Skiff data directory.
+    let foreign = dir("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), b"not ours").unwrap();
+    let (code, err) = skiff(&[
+        "serve",
+        "--id",
+        "1",
+        "--cluster",
+        &format!("1={peer}"),
+        "--data-dir",
+        &foreign.to_string_lossy(),
+        "--bootstrap",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a Skiff data directory"), "{err}");
+    assert_eq!(std::fs::read(foreign.join("precious.txt")).unwrap(), b"not ours", "nothing touched");
+    for p in [d, empty, foreign] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+#[test]
+fn sigterm_stops_a_node_gracefully_and_it_restarts_with_its_data() {
+    let mut c = Cluster::start(1, &[]);
+    c.leader(Duration::from_secs(10));
+    assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
+    assert!(c.stop(1, Duration::from_secs(5)), "exits 0 within 5 s of SIGTERM");
+    c.restart(1);
+    c.leader(Duration::from_secs(10));
+    assert_eq!(write_until_ok(&mut c.client(1), &["GET", "k"], Duration::from_secs(10)), crate::cluster::bulk("v"));
+}
