@@ -15,6 +15,8 @@
 //! - [`kv`]: the replicated state machine and the entry encoding of writes.
 //! - [`snapshot`]: snapshot files: format, writing, reading, receiving in chunks.
 //! - [`local`]: `skiff local`, a whole cluster on loopback.
+//! - [`trace`]: an optional trace of WAL and transport activity, and the check of the
+//!   durability rule over it.
 //! - [`cli`]: command-line flags.
 
 pub mod admin;
@@ -29,3 +31,4 @@ pub mod server;
 pub mod shard;
 pub mod snapshot;
 pub mod sync;
+pub mod trace;

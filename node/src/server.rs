@@ -245,6 +245,7 @@ pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, Start
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
         fsync_warn: Duration::from_millis(cfg.fsync_warn_ms),
         apply_warn: Duration::from_millis(cfg.apply_warn_ms),
+        trace: None,
     })
 }
 
@@ -291,10 +292,22 @@ impl Drop for Running {
 /// Starts a node from a validated configuration and bound listeners. Returns once the
 /// shard has opened its WAL and started serving (or failed to).
 pub fn start(cfg: &NodeConfig, listeners: Listeners, topology: &Topology) -> Result<Running, StartError> {
+    start_traced(cfg, listeners, topology, None)
+}
+
+/// As [`start`], recording the shard's WAL and transport activity into `trace` (tests
+/// of the ordering rules).
+pub fn start_traced(
+    cfg: &NodeConfig,
+    listeners: Listeners,
+    topology: &Topology,
+    trace: Option<crate::trace::Trace>,
+) -> Result<Running, StartError> {
     cfg.validate(topology).map_err(|e| err(e.to_string()))?;
     check_memlock(1)?;
     let dir = prepare_data_dir(cfg)?;
-    let params = shard_params(cfg, dir)?;
+    let mut params = shard_params(cfg, dir)?;
+    params.trace = trace;
     let stop = Arc::new(AtomicBool::new(false));
     let members = cfg.cluster.iter().map(|(&id, addr)| Member { id, addr: addr.clone(), learner: false }).collect();
     let published =

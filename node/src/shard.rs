@@ -38,6 +38,7 @@ use crate::kv::{Command, Kv, Origin};
 use crate::metrics::{self, MetricsConfig, RejectReason, ShardMetrics, ShardStatus};
 use crate::snapshot::{self, Descriptor, Receiver, SnapshotDir, SnapshotError};
 use crate::sync::{Notify, Slot};
+use crate::trace::TraceEvent;
 
 /// The engine's storage: the WAL's index and tail cache.
 pub type LogStorage = WalStorage<<DmaFs as FileSystem>::File>;
@@ -94,6 +95,9 @@ pub struct ShardParams {
     pub request_timeout: Duration,
     pub fsync_warn: Duration,
     pub apply_warn: Duration,
+    /// Records WAL submissions, completions and sent messages (tests of the ordering
+    /// rules); `None` in production.
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// Why a shard stopped.
@@ -650,7 +654,14 @@ impl Shard {
         req.reply(reply);
     }
 
+    fn trace(&self, e: impl FnOnce() -> TraceEvent) {
+        if let Some(t) = &self.p.trace {
+            t.lock().unwrap_or_else(|p| p.into_inner()).push(e());
+        }
+    }
+
     fn completed(&self, st: &mut State, c: Completion) {
+        self.trace(|| TraceEvent::WalCompleted { tag: c.tag, synced: c.synced });
         st.node.on_persist_ready(c.tag);
         if let Some((seq, keep)) = st.remove_snapshots_after
             && c.seq >= seq
@@ -849,6 +860,12 @@ impl Shard {
                     must_sync: rd.must_sync,
                 };
                 self.make_room().await?;
+                self.trace(|| TraceEvent::WalSubmitted {
+                    tag: rd.number(),
+                    last: rd.entries.last().map(|e| (e.index, e.term)),
+                    hard_state: rd.hard_state,
+                    snapshot: install.as_ref().map(|m| m.index),
+                });
                 let seq = self.wal.submit(&append).await?;
                 let mut st = self.st.borrow_mut();
                 st.last_ready = rd.number();
@@ -901,6 +918,7 @@ impl Shard {
             }
             // Drops (queue full, peer down) are counted by the transport and reported
             // back as unreachable peers; Raft retransmits.
+            self.trace(|| TraceEvent::Sent(m.clone()));
             let _ = self.transport.send(m);
         }
     }
