@@ -21,7 +21,9 @@
 //! 4. **Persist** `rd.snapshot` (if any), `rd.entries` and `rd.hard_state` in one
 //!    write; fdatasync when `rd.must_sync`. Entries whose first index is at or below
 //!    the last index replace the log from there. A failed write or fsync must stop the
-//!    node: never retry and acknowledge.
+//!    node: never retry and acknowledge. A Ready without [`Ready::has_write`] carries at
+//!    most a new commit index: its write may be skipped, the latest hard state going
+//!    out with the next write.
 //! 5. **Send `rd.persisted_messages` only once step 4 is durable.** These are votes,
 //!    append responses and anything else a non-leader says while state is being
 //!    written: each vouches for state that must survive a crash (diss. §3.8).

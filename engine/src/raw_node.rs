@@ -58,9 +58,14 @@ impl Ready {
         self.number
     }
 
-    /// Whether this Ready has anything to write to stable storage.
+    /// Whether this Ready has anything that must be made durable (and, on the
+    /// asynchronous path, reported with [`RawNode::on_persist_ready`]): entries, a
+    /// snapshot, or a new term or vote. A Ready whose only change is the commit index
+    /// has none: writing its hard state is optional — a commit index that lags on disk is
+    /// safe, the leader tells it again — so a caller may skip that write and record the
+    /// latest hard state with its next one (one disk write per batch instead of two).
     pub fn has_write(&self) -> bool {
-        !self.entries.is_empty() || self.snapshot.is_some() || self.hard_state.is_some()
+        self.must_sync
     }
 }
 

@@ -26,8 +26,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::future;
 use log::{error, info, warn};
 use skiff_engine::{
-    ConfChange, Entry, EntryKind, Index, Message, MessageBody, NodeId, RawNode, ReadState, Ready, RequestError, Role,
-    SnapshotMeta, Storage,
+    ConfChange, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, RawNode, ReadState, Ready,
+    RequestError, Role, SnapshotMeta, Storage,
 };
 use skiff_net::{AppFrame, Inbound, Lane, Transport, TransportConfig};
 use skiff_wal::{Append, Completion, DmaFs, FileSystem, Identity, IoTiming, Wal, WalError, WalOptions, WalStorage};
@@ -183,6 +183,9 @@ struct State {
     sending: HashSet<NodeId>,
     snapshot_reports: Vec<(NodeId, bool)>,
     last_ready: u64,
+    /// The hard state of commit-only Readies, which are not written on their own: it
+    /// goes to disk with the next write (a commit index that lags on disk is safe).
+    unwritten_hard_state: Option<HardState>,
     metrics: ShardMetrics,
     leader: NodeId,
     stopping: bool,
@@ -302,6 +305,7 @@ impl Shard {
             sending: HashSet::new(),
             snapshot_reports: Vec::new(),
             last_ready: 0,
+            unwritten_hard_state: None,
             metrics: ShardMetrics::new(
                 p.shard,
                 MetricsConfig { slow_fsync_threshold: p.fsync_warn, slow_apply_threshold: p.apply_warn },
@@ -848,14 +852,22 @@ impl Shard {
             }
             let msgs = std::mem::take(&mut rd.messages);
             self.send(msgs);
-            if rd.has_write() {
-                let compaction = self.st.borrow_mut().pending_compaction.take();
+            if !rd.has_write() {
+                if let Some(hs) = rd.hard_state {
+                    self.st.borrow_mut().unwritten_hard_state = Some(hs);
+                }
+            } else {
+                let (compaction, hard_state) = {
+                    let mut st = self.st.borrow_mut();
+                    let unwritten = st.unwritten_hard_state.take();
+                    (st.pending_compaction.take(), rd.hard_state.or(unwritten))
+                };
                 let install = rd.snapshot.as_ref().map(|s| s.meta.clone());
                 let append = Append {
                     tag: rd.number(),
                     install: install.as_ref(),
                     entries: &rd.entries,
-                    hard_state: rd.hard_state,
+                    hard_state,
                     compact: compaction.as_ref().map(|(m, _)| m),
                     must_sync: rd.must_sync,
                 };
@@ -863,7 +875,7 @@ impl Shard {
                 self.trace(|| TraceEvent::WalSubmitted {
                     tag: rd.number(),
                     last: rd.entries.last().map(|e| (e.index, e.term)),
-                    hard_state: rd.hard_state,
+                    hard_state,
                     snapshot: install.as_ref().map(|m| m.index),
                 });
                 let seq = self.wal.submit(&append).await?;
@@ -1117,12 +1129,12 @@ impl Shard {
             st.pending_compaction.is_some() && !st.node.has_ready()
         };
         if idle_compaction {
-            let (meta, desc, tag) = {
+            let (meta, desc, tag, hard_state) = {
                 let mut st = self.st.borrow_mut();
                 let (m, d) = st.pending_compaction.take().expect("checked");
-                (m, d, st.last_ready)
+                (m, d, st.last_ready, st.unwritten_hard_state.take())
             };
-            let append = Append { tag, compact: Some(&meta), must_sync: true, ..Default::default() };
+            let append = Append { tag, compact: Some(&meta), hard_state, must_sync: true, ..Default::default() };
             self.make_room().await?;
             let seq = self.wal.submit(&append).await?;
             let mut st = self.st.borrow_mut();
