@@ -204,6 +204,17 @@ impl Command {
 #[derive(Clone, Debug, Default)]
 pub struct Kv {
     map: imbl::HashMap<Bytes, Bytes>,
+    /// The sum and xor of every pair's hash, kept up to date on each change so that the
+    /// digest costs nothing to read (recomputing it walks the whole map).
+    sum: u64,
+    xor: u64,
+}
+
+/// A pair's 64-bit hash: CRC32C of the key, then of the value seeded by it.
+fn pair_hash(k: &[u8], v: &[u8]) -> (u64, u32) {
+    let h1 = u64::from(crc32c::crc32c(k));
+    let h2 = u64::from(crc32c::crc32c_append(h1 as u32 ^ 0x9E37_79B9, v));
+    ((h1 << 32) | h2, (k.len() % 64) as u32)
 }
 
 /// Stored keys and values are copied out of the entry: a slice would keep the whole
@@ -235,7 +246,32 @@ impl Kv {
 
     /// Inserts as restored from a snapshot.
     pub fn insert(&mut self, key: Bytes, value: Bytes) {
-        self.map.insert(key, value);
+        self.put(key, value);
+    }
+
+    fn put(&mut self, key: Bytes, value: Bytes) {
+        let (h, r) = pair_hash(&key, &value);
+        self.sum = self.sum.wrapping_add(h);
+        self.xor ^= h.rotate_left(r);
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.forget(&key, &old);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.forget(key, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&mut self, key: &[u8], value: &[u8]) {
+        let (h, r) = pair_hash(key, value);
+        self.sum = self.sum.wrapping_sub(h);
+        self.xor ^= h.rotate_left(r);
     }
 
     /// Applies a replicated write.
@@ -251,13 +287,13 @@ impl Kv {
                 if !allowed {
                     return Outcome::Nil;
                 }
-                self.map.insert(own(key), own(value));
+                self.put(own(key), own(value));
                 Outcome::Ok
             }
             Command::Del { keys } => {
                 let mut n = 0;
                 for k in keys {
-                    if self.map.remove(k.as_ref()).is_some() {
+                    if self.remove(k.as_ref()) {
                         n += 1;
                     }
                 }
@@ -272,12 +308,12 @@ impl Kv {
                     },
                 };
                 let Some(next) = current.checked_add(*delta) else { return Outcome::Err(ERR_OVERFLOW) };
-                self.map.insert(own(key), Bytes::from(next.to_string()));
+                self.put(own(key), Bytes::from(next.to_string()));
                 Outcome::Int(next)
             }
             Command::MSet { pairs } => {
                 for (k, v) in pairs {
-                    self.map.insert(own(k), own(v));
+                    self.put(own(k), own(v));
                 }
                 Outcome::Ok
             }
@@ -285,17 +321,25 @@ impl Kv {
     }
 
     /// An order-independent digest of the whole state, for comparing replicas: the sum
-    /// and xor of per-pair CRC32C-based 64-bit hashes, with the pair count.
+    /// and xor of per-pair CRC32C-based 64-bit hashes, with the pair count. Constant
+    /// time: the sums are maintained as pairs change.
     pub fn digest(&self) -> u64 {
+        Self::combine(self.sum, self.xor, self.map.len())
+    }
+
+    fn combine(sum: u64, xor: u64, len: usize) -> u64 {
+        sum ^ xor.rotate_left(17) ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The digest recomputed from every pair (what [`Kv::digest`] must always equal).
+    pub fn digest_from_scratch(&self) -> u64 {
         let (mut sum, mut xor) = (0u64, 0u64);
         for (k, v) in &self.map {
-            let h1 = u64::from(crc32c::crc32c(k));
-            let h2 = u64::from(crc32c::crc32c_append(h1 as u32 ^ 0x9E37_79B9, v));
-            let h = (h1 << 32) | h2;
+            let (h, r) = pair_hash(k, v);
             sum = sum.wrapping_add(h);
-            xor ^= h.rotate_left((k.len() % 64) as u32);
+            xor ^= h.rotate_left(r);
         }
-        sum ^ xor.rotate_left(17) ^ (self.map.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        Self::combine(sum, xor, self.map.len())
     }
 }
 
@@ -363,6 +407,33 @@ mod tests {
         assert_eq!(kv.apply(&Command::MSet { pairs: vec![(b("x"), b("1")), (b("y"), b("2"))] }), Outcome::Ok);
         assert_eq!(kv.apply(&Command::Del { keys: vec![b("x"), b("y"), b("zz")] }), Outcome::Int(2));
         assert_eq!(kv.len(), 4);
+    }
+
+    /// The maintained digest equals the one recomputed from scratch after every kind
+    /// of change: overwrites, deletes of present and absent keys, increments, MSET.
+    #[test]
+    fn maintained_digest_matches_a_full_recomputation() {
+        let mut kv = Kv::new();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..3000 {
+            let key = b(&format!("k{}", next(50)));
+            let cmd = match next(5) {
+                0 => Command::Set { key, value: b(&format!("v{}", next(7))), cond: SetCond::Always },
+                1 => Command::Set { key, value: b("nx"), cond: SetCond::IfAbsent },
+                2 => Command::Del { keys: vec![key, b(&format!("k{}", next(60)))] },
+                3 => Command::IncrBy { key, delta: next(5) as i64 - 2 },
+                _ => Command::MSet { pairs: vec![(key.clone(), b("m")), (key, b("m2"))] },
+            };
+            kv.apply(&cmd);
+            assert_eq!(kv.digest(), kv.digest_from_scratch(), "step {step}: {cmd:?}");
+        }
+        assert!(!kv.is_empty());
     }
 
     #[test]
