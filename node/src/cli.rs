@@ -73,6 +73,9 @@ pub struct ServeArgs {
     pub wal_segment_bytes: Option<u64>,
     #[arg(long)]
     pub snapshot_log_bytes: Option<u64>,
+    /// WAL appends in flight before the shard stops taking new batches (1..=8)
+    #[arg(long)]
+    pub wal_writes_in_flight: Option<u64>,
     #[arg(long)]
     pub max_clients: Option<usize>,
     #[arg(long)]
@@ -152,6 +155,7 @@ impl ServeArgs {
         put_int(&mut t, "frame_bytes_max", self.frame_bytes_max)?;
         put_int(&mut t, "wal_segment_bytes", self.wal_segment_bytes)?;
         put_int(&mut t, "snapshot_log_bytes", self.snapshot_log_bytes)?;
+        put_int(&mut t, "wal_writes_in_flight", self.wal_writes_in_flight)?;
         put_int(&mut t, "max_clients", self.max_clients)?;
         put_int(&mut t, "max_pending_proposals", self.max_pending_proposals)?;
         put_int(&mut t, "max_pending_reads", self.max_pending_reads)?;

@@ -239,6 +239,7 @@ pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, Start
         wal_segment_bytes: cfg.wal_segment_bytes,
         frame_bytes_max: cfg.frame_bytes_max as usize,
         snapshot_log_bytes: cfg.snapshot_log_bytes,
+        wal_writes_in_flight: cfg.wal_writes_in_flight,
         max_clients: cfg.max_clients,
         max_pending_proposals: cfg.max_pending_proposals,
         max_pending_reads: cfg.max_pending_reads,

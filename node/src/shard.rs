@@ -56,6 +56,8 @@ const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 32;
 /// How long a stopping shard lets in-flight writes finish before failing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often a shard publishes its status for the admin port.
+const _: () = assert!(skiff_tuning::config::WAL_WRITES_IN_FLIGHT_MAX <= skiff_wal::APPENDS_IN_FLIGHT_MAX);
+
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES + SNAPSHOT_CHUNK_HEADER_BYTES < 16 << 20);
@@ -89,6 +91,8 @@ pub struct ShardParams {
     pub wal_segment_bytes: u64,
     pub frame_bytes_max: usize,
     pub snapshot_log_bytes: u64,
+    /// Appends not yet durable before the loop stops taking Readies (1..=8).
+    pub wal_writes_in_flight: u64,
     pub max_clients: usize,
     pub max_pending_proposals: usize,
     pub max_pending_reads: usize,
@@ -832,6 +836,12 @@ impl Shard {
             let mut rd: Ready = {
                 let mut st = self.st.borrow_mut();
                 if !st.node.has_ready() {
+                    return Ok(());
+                }
+                // Group commit: while the disk is busy with as many appends as allowed,
+                // work accumulates in the engine and goes out as one larger batch
+                // when a write completes (the completion wakes this loop).
+                if self.wal.in_flight() >= self.p.wal_writes_in_flight {
                     return Ok(());
                 }
                 st.node.ready()

@@ -753,6 +753,12 @@ impl<F: FileSystem> Wal<F> {
         st.next_seq - 1 - floor < APPENDS_IN_FLIGHT_MAX
     }
 
+    /// Appends submitted and not yet durable.
+    pub fn in_flight(&self) -> u64 {
+        let st = self.inner.st.borrow();
+        st.next_seq - 1 - st.synced_seq
+    }
+
     /// Number of spare segments ready now.
     pub fn spares_ready(&self) -> usize {
         self.inner.st.borrow().spares.len()
