@@ -35,57 +35,76 @@ pub struct ServeArgs {
     /// Every member's peer address: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Cluster name; data directories and peers of another cluster are refused (default skiff).
     #[arg(long)]
     pub cluster_name: Option<String>,
-    /// RESP listen address.
+    /// RESP listen address (default 127.0.0.1:6379).
     #[arg(long)]
     pub client_addr: Option<String>,
-    /// Admin HTTP listen address.
+    /// Admin HTTP listen address (default 127.0.0.1:7379).
     #[arg(long)]
     pub admin_addr: Option<String>,
+    /// Directory for the identity file, WAL and snapshots; disk-backed, not tmpfs.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// CPU to pin the shard to (unset: unpinned).
     #[arg(long)]
     pub cpu: Option<u32>,
+    /// NUMA node --cpu must be on; a check only, it does not pin (unset: unchecked).
     #[arg(long)]
     pub numa_node: Option<u32>,
+    /// Milliseconds per Raft tick, 1 to 10000 (default 100).
     #[arg(long)]
     pub tick_ms: Option<u64>,
+    /// Leader heartbeat interval in ticks, less than --election-ticks (default 1).
     #[arg(long)]
     pub heartbeat_ticks: Option<u32>,
+    /// Election timeout in ticks, more than --heartbeat-ticks (default 10).
     #[arg(long)]
     pub election_ticks: Option<u32>,
+    /// Run a PreVote round before an election: true or false (default true).
     #[arg(long)]
     pub pre_vote: Option<bool>,
+    /// Leaders without a quorum step down: true or false (default true; lease reads need it).
     #[arg(long)]
     pub check_quorum: Option<bool>,
-    /// safe (ReadIndex) or lease.
+    /// How reads are confirmed: safe (ReadIndex, the default) or lease (needs --check-quorum true).
     #[arg(long)]
     pub read_mode: Option<String>,
+    /// Bytes of log entries per append message (default 1048576).
     #[arg(long)]
     pub max_size_per_msg: Option<u64>,
+    /// Append messages in flight per follower (default 512).
     #[arg(long)]
     pub max_inflight_msgs: Option<usize>,
+    /// Largest peer frame body; at least --max-size-per-msg + 65536 (default 16777216).
     #[arg(long)]
     pub frame_bytes_max: Option<u64>,
+    /// WAL segment size: at least 4194304, a multiple of 4096 (default 67108864).
     #[arg(long)]
     pub wal_segment_bytes: Option<u64>,
+    /// Applied log bytes since the last snapshot that trigger a new one (default 67108864).
     #[arg(long)]
     pub snapshot_log_bytes: Option<u64>,
-    /// WAL appends in flight before the shard stops taking new batches (1..=8)
+    /// WAL appends not yet durable before the shard stops taking new batches (1..=8, default 2).
     #[arg(long)]
     pub wal_writes_in_flight: Option<u64>,
+    /// Client connections open at once (default 10000).
     #[arg(long)]
     pub max_clients: Option<usize>,
+    /// Unanswered writes before clients get OVERLOADED (default 65536).
     #[arg(long)]
     pub max_pending_proposals: Option<usize>,
+    /// Unanswered reads before clients get OVERLOADED (default 65536).
     #[arg(long)]
     pub max_pending_reads: Option<usize>,
+    /// Milliseconds a request may wait before TRYAGAIN or TIMEOUT (default 5000).
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Warn when one WAL fdatasync takes longer, in milliseconds (default 100).
     #[arg(long)]
     pub fsync_warn_ms: Option<u64>,
+    /// Warn when applying one batch takes longer, in milliseconds (default 100).
     #[arg(long)]
     pub apply_warn_ms: Option<u64>,
     /// Found a new cluster if the data directory is empty (first start only).
