@@ -578,10 +578,18 @@ enum Route {
     MembersRemove,
     MembersPromote,
     ElectionTimeout,
+    /// `failpoints` builds only.
+    Failpoints,
+    Failpoint(String),
 }
 
 impl Route {
     fn resolve(path: &str) -> Option<Route> {
+        Route::resolve_in(path, crate::failpoints::ENABLED)
+    }
+
+    /// `failpoints`: whether this build has failure points (their routes exist only then).
+    fn resolve_in(path: &str, failpoints: bool) -> Option<Route> {
         Some(match path {
             "/status" => Route::Status,
             "/metrics" => Route::Metrics,
@@ -591,6 +599,14 @@ impl Route {
             "/members/remove" => Route::MembersRemove,
             "/members/promote" => Route::MembersPromote,
             "/election-timeout" => Route::ElectionTimeout,
+            "/debug/failpoints" if failpoints => Route::Failpoints,
+            _ if failpoints && path.starts_with("/debug/failpoints/") => {
+                let name = &path["/debug/failpoints/".len()..];
+                if name.is_empty() || name.contains('/') {
+                    return None;
+                }
+                Route::Failpoint(name.to_string())
+            }
             _ => {
                 let name = path.strip_prefix("/histograms/")?;
                 if name.is_empty() || name.contains('/') {
@@ -603,7 +619,7 @@ impl Route {
 
     fn method(&self) -> Method {
         match self {
-            Route::Status | Route::Metrics | Route::Histograms | Route::Histogram(_) => Method::GET,
+            Route::Status | Route::Metrics | Route::Histograms | Route::Histogram(_) | Route::Failpoints => Method::GET,
             _ => Method::POST,
         }
     }
@@ -706,7 +722,36 @@ async fn route_request(route: Route, params: &Params, state: &State) -> Result<R
             }
             run_op(state, params, Op::SetElectionTimeout { ticks }).await
         }
+        Route::Failpoints => {
+            params.allow(&[])?;
+            Ok(failpoints_json())
+        }
+        Route::Failpoint(name) => arm_failpoint(&name, params),
     }
+}
+
+#[cfg(feature = "failpoints")]
+fn failpoints_json() -> Response<Body> {
+    json_response(StatusCode::OK, &crate::failpoints::describe())
+}
+
+#[cfg(feature = "failpoints")]
+fn arm_failpoint(name: &str, params: &Params) -> Result<Response<Body>, BadRequest> {
+    match crate::failpoints::arm(name, &params.pairs) {
+        Ok(done) => Ok(json_response(StatusCode::OK, &json!({ "failpoint": name, "result": done }))),
+        Err(why) => Err(BadRequest(why)),
+    }
+}
+
+// Without the feature the routes never resolve; these keep the match exhaustive.
+#[cfg(not(feature = "failpoints"))]
+fn failpoints_json() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "this build has no failure points")
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn arm_failpoint(_: &str, _: &Params) -> Result<Response<Body>, BadRequest> {
+    Ok(text(StatusCode::NOT_FOUND, "this build has no failure points"))
 }
 
 async fn run_op(state: &State, params: &Params, op: Op) -> Result<Response<Body>, BadRequest> {
@@ -1385,6 +1430,14 @@ mod tests {
         assert_eq!(Route::resolve("/status/"), None);
         assert_eq!(Route::resolve("/"), None);
         assert_eq!(Route::MembersAdd.method(), Method::POST);
+        // Failure points exist only in builds with the feature: elsewhere, 404.
+        assert_eq!(Route::resolve_in("/debug/failpoints", false), None);
+        assert_eq!(Route::resolve_in("/debug/failpoints/partition", false), None);
+        assert_eq!(Route::resolve_in("/debug/failpoints", true), Some(Route::Failpoints));
+        assert_eq!(Route::resolve_in("/debug/failpoints/partition", true), Some(Route::Failpoint("partition".into())));
+        assert_eq!(Route::resolve_in("/debug/failpoints/a/b", true), None);
+        assert_eq!(Route::Failpoints.method(), Method::GET);
+        assert_eq!(Route::Failpoint("x".into()).method(), Method::POST);
         assert_eq!(Route::Metrics.method(), Method::GET);
     }
 

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod failpoints;
 pub mod kv;
 pub mod local;
 pub mod logging;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::failpoints::{self, CrashPoint, Outgoing, WalFs};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::future;
 use log::{error, info, warn};
@@ -30,7 +31,7 @@ use skiff_engine::{
     RequestError, Role, SnapshotMeta, Storage,
 };
 use skiff_net::{AppFrame, Inbound, Lane, Transport, TransportConfig};
-use skiff_wal::{Append, Completion, DmaFs, FileSystem, Identity, IoTiming, Wal, WalError, WalOptions, WalStorage};
+use skiff_wal::{Append, Completion, FileSystem, Identity, IoTiming, Wal, WalError, WalOptions, WalStorage};
 
 use crate::admin::{Op, OpReply, OpRequest, OpsReceiver};
 use crate::commands::{self, Action, Read, Reply};
@@ -41,7 +42,7 @@ use crate::sync::{Notify, Slot};
 use crate::trace::TraceEvent;
 
 /// The engine's storage: the WAL's index and tail cache.
-pub type LogStorage = WalStorage<<DmaFs as FileSystem>::File>;
+pub type LogStorage = WalStorage<<WalFs as FileSystem>::File>;
 
 /// Messages taken from the transport per loop iteration: enough to drain a busy peer
 /// link in one go, few enough that ticks and clients are not starved.
@@ -201,7 +202,7 @@ pub struct Shard {
     p: ShardParams,
     st: RefCell<State>,
     wake: Notify,
-    wal: Wal<DmaFs>,
+    wal: Wal<WalFs>,
     storage: LogStorage,
     transport: Transport,
     snapdir: SnapshotDir,
@@ -236,7 +237,7 @@ impl Shard {
             Identity { cluster_id: p.cluster_id, shard_id: u64::from(p.shard), node_id: p.node_id },
         );
         opts.segment_bytes = p.wal_segment_bytes;
-        let wal = Wal::open(DmaFs, opts).await?;
+        let wal = Wal::open(WalFs::default(), opts).await?;
         if let Some(t) = &wal.open_report().torn_tail {
             warn!("shard {}: dropped a torn write at the tail of the WAL ({t:?}); it was never acknowledged", p.shard);
         }
@@ -574,8 +575,11 @@ impl Shard {
             // and leases measure real time (the engine's lease needs it).
             let elapsed = now.saturating_duration_since(st.last_tick);
             let ticks = (elapsed.as_nanos() / self.p.tick.as_nanos().max(1)) as u32;
+            let held = failpoints::hold_election_timer() && st.node.role() != Role::Leader;
             for _ in 0..ticks {
-                st.node.tick();
+                if !held {
+                    st.node.tick();
+                }
             }
             st.last_tick += self.p.tick * ticks;
             let mut unreachable = Vec::new();
@@ -682,6 +686,13 @@ impl Shard {
     }
 
     fn inbound(&self, st: &mut State, m: Inbound) -> Result<(), ShardError> {
+        let from = match &m {
+            Inbound::Raft(msg) => msg.from,
+            Inbound::App { from, .. } => *from,
+        };
+        if failpoints::drop_incoming(from) {
+            return Ok(());
+        }
         match m {
             Inbound::Raft(msg) => {
                 if let MessageBody::Snapshot { snapshot } = &msg.body {
@@ -727,7 +738,10 @@ impl Shard {
         }
         if rx.received() >= total {
             let rx = st.receiving.take().expect("checked");
-            match rx.finish(&self.snapdir) {
+            failpoints::crash_point(CrashPoint::SnapshotBeforeSave);
+            let finished = rx.finish(&self.snapdir);
+            failpoints::crash_point(CrashPoint::SnapshotAfterSave);
+            match finished {
                 Ok((_, kv, desc)) => {
                     st.metrics.record_snapshot_received();
                     st.received = Some(Received { index, kv, desc });
@@ -938,6 +952,22 @@ impl Shard {
                 }
                 continue;
             }
+            if failpoints::ENABLED {
+                failpoints::crash_before_send(&m, self.st.borrow().node.role() == Role::Leader);
+                match failpoints::outgoing(m.to, Some(&m)) {
+                    Outgoing::Send => {}
+                    Outgoing::Drop => continue,
+                    Outgoing::Delay(d) => {
+                        let shard = self.clone();
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(d).await;
+                            let _ = shard.transport.send(m);
+                        })
+                        .detach();
+                        continue;
+                    }
+                }
+            }
             // Drops (queue full, peer down) are counted by the transport and reported
             // back as unreachable peers; Raft retransmits.
             self.trace(|| TraceEvent::Sent(m.clone()));
@@ -1000,6 +1030,9 @@ impl Shard {
             body.put_u64_le(total);
             body.put_slice(&data);
             let frame = AppFrame { tag: APP_SNAPSHOT_CHUNK, body: body.freeze() };
+            if failpoints::outgoing(m.to, None) == Outgoing::Drop {
+                return Err("a failure point dropped a chunk".into());
+            }
             self.transport.send_capacity(m.to, Lane::Bulk, frame.body.len()).await;
             self.transport.send_app(m.to, &frame, Lane::Bulk).map_err(|e| e.to_string())?;
             offset += n as u64;
@@ -1017,10 +1050,12 @@ impl Shard {
                 )));
             };
             info!("shard {}: installed the leader's snapshot at index {}", self.p.shard, r.index);
+            failpoints::crash_point(CrashPoint::SnapshotBeforeApply);
             st.kv = r.kv;
             st.applied = r.index;
             st.last_snapshot = r.index;
             st.bytes_since_snapshot = 0;
+            failpoints::crash_point(CrashPoint::SnapshotAfterApply);
         }
         let committed = rd.committed_entries.len() as u64;
         if committed > 0 {
@@ -1165,7 +1200,14 @@ impl Shard {
         let dir = self.snapdir.clone();
         let (cluster, shard) = (self.p.cluster_id, self.p.shard);
         let m2 = meta.clone();
-        let res = glommio::executor().spawn_blocking(move || snapshot::write(&dir, cluster, shard, &m2, &kv)).await;
+        let res = glommio::executor()
+            .spawn_blocking(move || {
+                failpoints::crash_point(CrashPoint::SnapshotBeforeSave);
+                let res = snapshot::write(&dir, cluster, shard, &m2, &kv);
+                failpoints::crash_point(CrashPoint::SnapshotAfterSave);
+                res
+            })
+            .await;
         let mut st = self.st.borrow_mut();
         st.snapshot_running = false;
         match res {

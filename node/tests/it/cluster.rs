@@ -190,6 +190,43 @@ impl Cluster {
         }
     }
 
+    /// Whether node `id`'s process is running (as far as this harness started it).
+    pub fn running(&mut self, id: u64) -> bool {
+        let n = &mut self.nodes[(id - 1) as usize];
+        match n.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                n.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits for node `id`'s process to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let n = &mut self.nodes[(id - 1) as usize];
+        loop {
+            let c = n.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                n.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Arms a failure point on node `id` (`POST /debug/failpoints/...`); panics unless
+    /// the node accepts it.
+    pub fn arm(&self, id: u64, point_and_query: &str) {
+        let (code, body) = http_post(&self.node(id).admin, &format!("/debug/failpoints/{point_and_query}"));
+        assert_eq!(code, 200, "arming {point_and_query} on node {id}: {body}");
+    }
+
     /// The admin port's `/status` of node `id`, parsed.
     pub fn status(&self, id: u64) -> serde_json::Value {
         let body = http_get(&self.node(id).admin, "/status");
@@ -240,6 +277,17 @@ pub fn http_get(addr: &str, path: &str) -> String {
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
+/// A plain HTTP/1.1 POST without a body; the status code and body.
+pub fn http_post(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 /// A blocking RESP client.
 pub struct Resp {
     stream: TcpStream,
@@ -281,6 +329,14 @@ impl Resp {
         skiff_net::resp::encode_request(args, &mut out);
         self.stream.write_all(&out).expect("send");
         self.read_reply().expect("reply")
+    }
+
+    /// Like [`Resp::cmd`], but `None` when the connection fails instead of panicking.
+    pub fn try_cmd(&mut self, args: &[&str]) -> Option<RespValue> {
+        let mut out = BytesMut::new();
+        skiff_net::resp::encode_request(args, &mut out);
+        self.stream.write_all(&out).ok()?;
+        self.read_reply()
     }
 
     /// (raft_role, leader) from INFO replication.

@@ -3,6 +3,8 @@
 
 mod admin;
 mod cluster;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod node;
 mod ordering;
 mod startup;
