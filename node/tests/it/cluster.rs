@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use skiff_net::{ReplyDecoder, RespLimits, RespValue};
 
-/// Fast timing for tests: elections within a few hundred milliseconds.
+/// Fast timing for tests: elections within a few hundred milliseconds. A test's own
+/// flags replace these.
 pub const TEST_FLAGS: &[&str] = &["--tick-ms", "20", "--election-ticks", "10", "--heartbeat-ticks", "1"];
 
 /// A free loopback port for a listener, never handed out before in this test process.
@@ -110,7 +111,12 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        a.extend(TEST_FLAGS.iter().map(|s| s.to_string()));
+        // Test timing, unless the test sets a flag of its own.
+        for pair in TEST_FLAGS.chunks(2) {
+            if !self.extra.iter().any(|e| e == pair[0]) {
+                a.extend(pair.iter().map(|s| s.to_string()));
+            }
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -128,6 +134,20 @@ impl Cluster {
             .expect("spawn skiff");
         self.nodes[(id - 1) as usize].child = Some(child);
         wait_listening(&self.node(id).client.clone());
+    }
+
+    /// Starts node `id` again without waiting for it to listen: it is expected to
+    /// refuse to start (see [`Cluster::wait_exit`]).
+    pub fn restart_expecting_exit(&mut self, id: u64) {
+        let args = self.args(id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(&args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn skiff");
+        self.nodes[(id - 1) as usize].child = Some(child);
     }
 
     /// Restarts node `id` from its data directory.
@@ -188,6 +208,11 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no stable leader within {within:?}: {infos:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Node `id`'s process id (it must be running).
+    pub fn pid(&self, id: u64) -> u32 {
+        self.node(id).child.as_ref().map(|c| c.id()).expect("node is running")
     }
 
     /// Whether node `id`'s process is running (as far as this harness started it).

@@ -5,6 +5,8 @@ mod admin;
 mod cluster;
 #[cfg(feature = "failpoints")]
 mod failpoints;
+mod hostile;
 mod node;
 mod ordering;
 mod startup;
+mod walfaults;
