@@ -320,7 +320,7 @@ pub fn start_traced(
         None => Placement::Unbound,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (stop2, pub2) = (stop.clone(), published.clone());
+    let (stop2, stop3, pub2) = (stop.clone(), stop.clone(), published.clone());
     let Listeners { client, peer, admin } = listeners;
     let admin = AdminServer::start(admin, published.clone(), ops_tx)
         .map_err(|e| err(format!("cannot start the admin port: {e}")))?;
@@ -334,7 +334,7 @@ pub fn start_traced(
                     return Err(e.to_string());
                 }
             };
-            let accept = glommio::spawn_local(accept_clients(shard.clone(), client));
+            let accept = glommio::spawn_local(accept_clients(shard.clone(), client, stop3));
             let _ = ready_tx.send(Ok(()));
             let res = shard.clone().run().await;
             drop(accept);
@@ -366,7 +366,18 @@ pub fn start_traced(
     }
 }
 
-async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
+/// What a refused client connection is told before it is closed. The shard refuses
+/// connections when `max_clients` are open and once it is stopping; `stop` (the flag
+/// SIGTERM raises) tells the two apart.
+fn refusal(stop: &AtomicBool) -> &'static [u8] {
+    if stop.load(Ordering::Relaxed) {
+        b"-ERR the node is shutting down\r\n"
+    } else {
+        b"-ERR max number of clients reached\r\n"
+    }
+}
+
+async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the fd comes from a bound, listening std listener handed over here.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -382,7 +393,7 @@ async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
         };
         if !shard.admit_client() {
             let mut s = stream;
-            let _ = futures_lite::AsyncWriteExt::write_all(&mut s, b"-ERR max number of clients reached\r\n").await;
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut s, refusal(&stop)).await;
             let _ = futures_lite::AsyncWriteExt::close(&mut s).await;
             continue;
         }

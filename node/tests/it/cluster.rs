@@ -164,6 +164,33 @@ impl Cluster {
         }
     }
 
+    /// Sends `sig` to node `id`'s process without waiting for it.
+    pub fn signal(&self, id: u64, sig: libc::c_int) {
+        let c = self.node(id).child.as_ref().expect("node is running");
+        // SAFETY: the pid is our child, not yet waited for.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit; its status, or `None` if
+    /// it still runs (it is left running).
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let n = &mut self.nodes[(id - 1) as usize];
+        let c = n.child.as_mut().expect("node is running");
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                n.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn client(&self, id: u64) -> Resp {
         Resp::connect(&self.node(id).client)
     }

@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use skiff_net::RespValue;
+
 use crate::cluster::{Cluster, ok, write_until_ok};
 
 fn skiff(args: &[&str]) -> (i32, String) {
@@ -117,4 +119,34 @@ fn sigterm_stops_a_node_gracefully_and_it_restarts_with_its_data() {
     c.restart(1);
     c.leader(Duration::from_secs(10));
     assert_eq!(write_until_ok(&mut c.client(1), &["GET", "k"], Duration::from_secs(10)), crate::cluster::bulk("v"));
+}
+
+/// Keeps a write of node `id` waiting: the other member of a two-node cluster is gone,
+/// so nothing commits, and the stopping node waits out its grace period for it.
+fn hold_a_write(c: &mut Cluster, id: u64) -> crate::cluster::Resp {
+    c.leader(Duration::from_secs(10));
+    c.kill(3 - id);
+    let mut w = c.client(id);
+    let mut req = bytes::BytesMut::new();
+    skiff_net::resp::encode_request(&["SET", "held", "1"], &mut req);
+    w.send_raw(&req).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    w
+}
+
+#[test]
+fn a_stopping_node_tells_new_clients_it_is_shutting_down() {
+    let mut c = Cluster::start(2, &[]);
+    let _held = hold_a_write(&mut c, 1);
+    c.signal(1, libc::SIGTERM);
+    // The shard notices the stop flag within a tick; the grace period lasts 3 s.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut late = c.client(1);
+    let reply = late.read_reply();
+    assert_eq!(
+        reply,
+        Some(RespValue::Error(bytes::Bytes::from_static(b"ERR the node is shutting down"))),
+        "a connection refused while stopping says why"
+    );
+    assert!(c.wait_exit(1, Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
