@@ -26,6 +26,9 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
 pub const MEMLOCK_BYTES_PER_SHARD: u64 = 30 << 20;
 /// Name of the identity file in the data directory.
 pub const IDENTITY_FILE: &str = "skiff.id";
+/// The identity is written here first, then renamed to [`IDENTITY_FILE`]. A crash in
+/// between leaves it behind with no identity next to it: start-up removes it.
+pub const IDENTITY_TMP_FILE: &str = "skiff.id.tmp";
 
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,12 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
         ))
     })?;
     let _ = std::fs::remove_file(&probe);
+    let tmp_path = dir.join(IDENTITY_TMP_FILE);
+    match std::fs::remove_file(&tmp_path) {
+        Ok(()) => info!("removed {}, left by an interrupted write of the identity", tmp_path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(format!("cannot remove the stale {}: {e}", tmp_path.display()))),
+    }
     let id_path = dir.join(IDENTITY_FILE);
     let want = format!(
         "cluster_name = {:?}\ncluster_id = {}\nnode_id = {}\n",
@@ -181,7 +190,7 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
                     foreign.join(", ")
                 )));
             }
-            write_durably(&id_path, want.as_bytes())
+            write_durably(&id_path, &tmp_path, want.as_bytes())
                 .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))?;
         }
         Err(e) => return Err(err(format!("cannot read {}: {e}", id_path.display()))),
@@ -189,12 +198,13 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
     Ok(dir.join("shard-0"))
 }
 
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+/// Writes `data` to `tmp`, syncs it and renames it to `path`, so `path` is either absent
+/// or whole after a crash.
+fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(tmp, path)?;
     std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
@@ -398,5 +408,41 @@ async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, stop: Arc<Atomi
             continue;
         }
         glommio::spawn_local(crate::shard::serve_client(shard.clone(), stream)).detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> NodeConfig {
+        let mut t = toml::Table::new();
+        t.insert("id".into(), 1.into());
+        t.insert("cluster".into(), "1=127.0.0.1:7001".into());
+        t.insert("data_dir".into(), dir.to_string_lossy().into_owned().into());
+        skiff_tuning::load(None, t).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// A crash while the identity is written leaves only its temporary file; the next
+    /// start takes the directory as the empty one it was.
+    #[test]
+    fn a_stale_identity_temp_file_does_not_make_the_directory_foreign() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(IDENTITY_TMP_FILE), b"cluster_na").unwrap();
+        let cfg = config(&dir);
+        prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
+        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string()], "the identity written, the temp file gone");
+        let id = std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap();
+        assert!(id.contains("node_id = 1"), "{id}");
+        prepare_data_dir(&cfg).expect("and accepted again");
     }
 }
