@@ -14,6 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use skiff_engine::ReadMode;
 use skiff_tuning::{NodeConfig, ReadModeSetting, Topology};
+use skiff_wal::{DmaFs, FileSystem};
 
 use crate::admin::{AdminHandle, AdminServer, ops_channel};
 use crate::metrics::{Member, NodeInfo, Published};
@@ -134,10 +135,36 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Creates the data directory if missing, checks it is writable, and checks (or
-/// writes, on first start) its identity: a directory of another cluster or node is
-/// refused.
-pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
+/// The data directory, checked: its identity matches this node, or it is empty and the
+/// identity is still to be written ([`DataDir::write_identity`]).
+#[derive(Debug)]
+pub struct DataDir {
+    pub path: PathBuf,
+    /// The identity to write: `Some` on the first start in an empty directory.
+    unwritten_identity: Option<String>,
+}
+
+impl DataDir {
+    /// Whether this is the first start in an empty directory (no identity yet).
+    pub fn is_new(&self) -> bool {
+        self.unwritten_identity.is_some()
+    }
+
+    /// Writes the identity of a new directory, durably; does nothing for an existing one.
+    /// Called once every other start-up check has passed, so that a refused first start
+    /// leaves the directory as empty as it found it.
+    pub fn write_identity(&mut self) -> Result<(), StartError> {
+        let Some(want) = self.unwritten_identity.take() else { return Ok(()) };
+        let id_path = self.path.join(IDENTITY_FILE);
+        write_durably(&id_path, &self.path.join(IDENTITY_TMP_FILE), want.as_bytes())
+            .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))
+    }
+}
+
+/// Creates the data directory if missing, checks it is writable, and checks its
+/// identity: a directory of another cluster or node is refused. On a first start (an
+/// empty directory) nothing is written yet: see [`DataDir::write_identity`].
+pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<DataDir, StartError> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         err(format!("cannot create data_dir {}: {e}; create it and give this user write access", dir.display()))
@@ -163,7 +190,7 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
         cluster_id(&cfg.cluster_name),
         cfg.id
     );
-    match std::fs::read_to_string(&id_path) {
+    let unwritten_identity = match std::fs::read_to_string(&id_path) {
         Ok(have) => {
             if have != want {
                 return Err(err(format!(
@@ -175,6 +202,7 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
                     cfg.id
                 )));
             }
+            None
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let foreign: Vec<String> = std::fs::read_dir(dir)
@@ -190,12 +218,32 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
                     foreign.join(", ")
                 )));
             }
-            write_durably(&id_path, &tmp_path, want.as_bytes())
-                .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))?;
+            Some(want)
         }
         Err(e) => return Err(err(format!("cannot read {}: {e}", id_path.display()))),
+    };
+    Ok(DataDir { path: dir.clone(), unwritten_identity })
+}
+
+/// The refusal of a start without `bootstrap` or `join` on a data directory with no
+/// Raft state. The shard gives the same answer when `shard_dir` holds no state.
+fn no_raft_state(shard_dir: &Path, id: u64) -> StartError {
+    err(format!(
+        "the data directory {} holds no Raft state. If this node's data was lost, do not start it as a blank member \
+         (it could help elect a leader that lacks committed writes): remove it from the cluster (POST \
+         /members/remove?id={id} on the leader's admin port), then start it with --join and add it back (POST \
+         /members/add?id={id}). To found a new cluster, start every member with --bootstrap.",
+        shard_dir.display()
+    ))
+}
+
+/// The checks a first start makes before it writes anything: what the shard would
+/// otherwise refuse only after the identity is written.
+fn check_new_data_dir(data: &DataDir, params: &ShardParams) -> Result<(), StartError> {
+    if params.start == StartMode::Restart {
+        return Err(no_raft_state(&params.dir, params.node_id));
     }
-    Ok(dir.join("shard-0"))
+    DmaFs.check_direct_io(&data.path).map_err(|e| err(format!("data_dir {} is unusable: {e}", data.path.display())))
 }
 
 /// Writes `data` to `tmp`, syncs it and renames it to `path`, so `path` is either absent
@@ -316,9 +364,12 @@ pub fn start_traced(
 ) -> Result<Running, StartError> {
     cfg.validate(topology).map_err(|e| err(e.to_string()))?;
     check_memlock(1)?;
-    let dir = prepare_data_dir(cfg)?;
-    let mut params = shard_params(cfg, dir)?;
+    let mut params = shard_params(cfg, cfg.data_dir.join("shard-0"))?;
     params.trace = trace;
+    let mut data = prepare_data_dir(cfg)?;
+    if data.is_new() {
+        check_new_data_dir(&data, &params)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let members = cfg.cluster.iter().map(|(&id, addr)| Member { id, addr: addr.clone(), learner: false }).collect();
     let published =
@@ -337,6 +388,12 @@ pub fn start_traced(
     let handle = LocalExecutorBuilder::new(placement)
         .name("skiff-shard-0")
         .spawn(move || async move {
+            // Every check that can refuse a first start has passed: the directory
+            // becomes this node's.
+            if let Err(e) = data.write_identity() {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return Err(e.to_string());
+            }
             let shard = match Shard::open(params, peer, stop2, pub2, ops).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -439,10 +496,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(IDENTITY_TMP_FILE), b"cluster_na").unwrap();
         let cfg = config(&dir);
-        prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
-        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string()], "the identity written, the temp file gone");
+        let mut data = prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
+        assert!(data.is_new());
+        assert!(names(&dir).is_empty(), "the temp file gone, nothing written yet: {:?}", names(&dir));
+        data.write_identity().unwrap();
+        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string()]);
         let id = std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap();
         assert!(id.contains("node_id = 1"), "{id}");
-        prepare_data_dir(&cfg).expect("and accepted again");
+        assert!(!prepare_data_dir(&cfg).expect("and accepted again").is_new());
     }
 }

@@ -59,6 +59,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` founding members with `extra` flags on top of [`TEST_FLAGS`].
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(n, extra);
+        for id in 1..=n {
+            c.launch(id, &["--bootstrap"]);
+        }
+        c
+    }
+
+    /// `n` members with their ports and (not yet created) data directories, none
+    /// started.
+    pub fn new(n: u64, extra: &[&str]) -> Cluster {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "cluster-{}-{}",
             std::process::id(),
@@ -77,11 +87,7 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut c = Cluster { nodes, root, extra: extra.iter().map(|s| s.to_string()).collect() };
-        for id in 1..=n {
-            c.launch(id, &["--bootstrap"]);
-        }
-        c
+        Cluster { nodes, root, extra: extra.iter().map(|s| s.to_string()).collect() }
     }
 
     pub fn node(&self, id: u64) -> &Node {

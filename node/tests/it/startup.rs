@@ -150,3 +150,29 @@ fn a_stopping_node_tells_new_clients_it_is_shutting_down() {
     );
     assert!(c.wait_exit(1, Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+/// A first start refused after the configuration was accepted (here: neither
+/// --bootstrap nor --join) writes no identity, so the operator can correct the id or
+/// the cluster name and start again in the same directory.
+#[test]
+fn a_refused_first_start_leaves_the_data_directory_reusable() {
+    let mut c = Cluster::new(1, &[]);
+    let dir = c.node(1).dir.clone();
+    let mut args = c.args(1);
+    let name = args.iter().position(|a| a == "--cluster-name").unwrap() + 1;
+    args[name] = "a-typo".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = skiff(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds no Raft state"), "{err}");
+    assert!(!dir.join("skiff.id").exists(), "no identity written by a refused start");
+    let left: Vec<_> =
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "nothing left in the data directory: {left:?}");
+    // Corrected: the right cluster name, and --bootstrap.
+    c.launch(1, &["--bootstrap"]);
+    c.leader(Duration::from_secs(10));
+    assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
+    let id = std::fs::read_to_string(dir.join("skiff.id")).unwrap();
+    assert!(id.contains("cluster_name = \"it\""), "{id}");
+}
