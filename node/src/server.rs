@@ -30,6 +30,8 @@ pub const IDENTITY_FILE: &str = "skiff.id";
 /// The identity is written here first, then renamed to [`IDENTITY_FILE`]. A crash in
 /// between leaves it behind with no identity next to it: start-up removes it.
 pub const IDENTITY_TMP_FILE: &str = "skiff.id.tmp";
+/// Locked (`flock`) by the process using the data directory; holds its pid.
+pub const LOCK_FILE: &str = "skiff.lock";
 
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -135,30 +137,109 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The data directory, checked: its identity matches this node, or it is empty and the
-/// identity is still to be written ([`DataDir::write_identity`]).
+/// The data directory, checked and locked: its identity matches this node, or it is
+/// empty and the identity is still to be written ([`PendingIdentity::write`]).
 #[derive(Debug)]
 pub struct DataDir {
     pub path: PathBuf,
-    /// The identity to write: `Some` on the first start in an empty directory.
-    unwritten_identity: Option<String>,
+    /// Held for as long as the node runs.
+    pub lock: DirLock,
+    pub identity: PendingIdentity,
 }
 
 impl DataDir {
     /// Whether this is the first start in an empty directory (no identity yet).
     pub fn is_new(&self) -> bool {
-        self.unwritten_identity.is_some()
+        self.identity.unwritten.is_some()
     }
+}
 
+/// The identity of a new data directory, not yet written.
+#[derive(Debug)]
+pub struct PendingIdentity {
+    dir: PathBuf,
+    /// `Some` on the first start in an empty directory.
+    unwritten: Option<String>,
+}
+
+impl PendingIdentity {
     /// Writes the identity of a new directory, durably; does nothing for an existing one.
     /// Called once every other start-up check has passed, so that a refused first start
     /// leaves the directory as empty as it found it.
-    pub fn write_identity(&mut self) -> Result<(), StartError> {
-        let Some(want) = self.unwritten_identity.take() else { return Ok(()) };
-        let id_path = self.path.join(IDENTITY_FILE);
-        write_durably(&id_path, &self.path.join(IDENTITY_TMP_FILE), want.as_bytes())
+    pub fn write(mut self) -> Result<(), StartError> {
+        let Some(want) = self.unwritten.take() else { return Ok(()) };
+        let id_path = self.dir.join(IDENTITY_FILE);
+        write_durably(&id_path, &self.dir.join(IDENTITY_TMP_FILE), want.as_bytes())
             .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))
     }
+}
+
+/// An exclusive `flock` on the data directory's [`LOCK_FILE`], released when dropped
+/// (or when the process ends, however it ends). Two processes writing one WAL would
+/// corrupt it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of `dir`, or says which process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StartError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| err(format!("cannot open the lock file {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; it has no other preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err(format!("cannot lock {}: {e}", path.display())));
+        }
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map(|pid| format!(" (pid {pid})"))
+            .unwrap_or_default();
+        return Err(err(format!(
+            "data_dir {} is in use by another skiff process{holder}: it holds the lock on {LOCK_FILE}. Each node needs \
+             a data directory of its own; stop the other process or choose another data_dir",
+            dir.display()
+        )));
+    }
+    // Who holds it, for the message above; the lock itself is the flock, not the text.
+    let pid = format!("{}\n", std::process::id());
+    let written = file.set_len(0).and_then(|()| {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(pid.as_bytes())
+    });
+    if let Err(e) = written {
+        warn!("cannot record this process's pid in {}: {e}", path.display());
+    }
+    Ok(DirLock { _file: file })
+}
+
+/// Entries of `dir` that make it something other than an empty Skiff data directory.
+fn foreign_entries(dir: &Path) -> Result<Vec<String>, StartError> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| err(format!("cannot list data_dir {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE && n != IDENTITY_TMP_FILE)
+        .collect())
+}
+
+fn refuse_foreign(dir: &Path, foreign: &[String]) -> StartError {
+    err(format!(
+        "data_dir {} is not empty ({}) but has no {IDENTITY_FILE}: it is not a Skiff data directory; choose an empty \
+         directory",
+        dir.display(),
+        foreign.join(", ")
+    ))
 }
 
 /// Creates the data directory if missing, checks it is writable, and checks its
@@ -177,13 +258,21 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<DataDir, StartError> {
         ))
     })?;
     let _ = std::fs::remove_file(&probe);
+    let id_path = dir.join(IDENTITY_FILE);
+    // A directory that is not ours gets no lock file in it.
+    if !id_path.exists() {
+        let foreign = foreign_entries(dir)?;
+        if !foreign.is_empty() {
+            return Err(refuse_foreign(dir, &foreign));
+        }
+    }
+    let lock = lock_data_dir(dir)?;
     let tmp_path = dir.join(IDENTITY_TMP_FILE);
     match std::fs::remove_file(&tmp_path) {
         Ok(()) => info!("removed {}, left by an interrupted write of the identity", tmp_path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(format!("cannot remove the stale {}: {e}", tmp_path.display()))),
     }
-    let id_path = dir.join(IDENTITY_FILE);
     let want = format!(
         "cluster_name = {:?}\ncluster_id = {}\nnode_id = {}\n",
         cfg.cluster_name,
@@ -205,24 +294,19 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<DataDir, StartError> {
             None
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let foreign: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|e| err(format!("cannot list data_dir {}: {e}", dir.display())))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
+            let foreign = foreign_entries(dir)?;
             if !foreign.is_empty() {
-                return Err(err(format!(
-                    "data_dir {} is not empty ({}) but has no {IDENTITY_FILE}: it is not a Skiff data directory; \
-                     choose an empty directory",
-                    dir.display(),
-                    foreign.join(", ")
-                )));
+                return Err(refuse_foreign(dir, &foreign));
             }
             Some(want)
         }
         Err(e) => return Err(err(format!("cannot read {}: {e}", id_path.display()))),
     };
-    Ok(DataDir { path: dir.clone(), unwritten_identity })
+    Ok(DataDir {
+        path: dir.clone(),
+        lock,
+        identity: PendingIdentity { dir: dir.clone(), unwritten: unwritten_identity },
+    })
 }
 
 /// The refusal of a start without `bootstrap` or `join` on a data directory with no
@@ -315,6 +399,8 @@ pub struct Running {
     pub stop: Arc<AtomicBool>,
     shard_thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     admin: Option<AdminHandle>,
+    /// The data directory's lock, released when the node is gone.
+    _lock: DirLock,
 }
 
 impl Running {
@@ -366,10 +452,11 @@ pub fn start_traced(
     check_memlock(1)?;
     let mut params = shard_params(cfg, cfg.data_dir.join("shard-0"))?;
     params.trace = trace;
-    let mut data = prepare_data_dir(cfg)?;
+    let data = prepare_data_dir(cfg)?;
     if data.is_new() {
         check_new_data_dir(&data, &params)?;
     }
+    let DataDir { lock, identity, .. } = data;
     let stop = Arc::new(AtomicBool::new(false));
     let members = cfg.cluster.iter().map(|(&id, addr)| Member { id, addr: addr.clone(), learner: false }).collect();
     let published =
@@ -390,7 +477,7 @@ pub fn start_traced(
         .spawn(move || async move {
             // Every check that can refuse a first start has passed: the directory
             // becomes this node's.
-            if let Err(e) = data.write_identity() {
+            if let Err(e) = identity.write() {
                 let _ = ready_tx.send(Err(e.to_string()));
                 return Err(e.to_string());
             }
@@ -420,7 +507,7 @@ pub fn start_traced(
                 cfg.peer_addr().unwrap_or("?"),
                 cfg.admin_addr
             );
-            Ok(Running { published, stop, shard_thread: Some(handle), admin: Some(admin) })
+            Ok(Running { published, stop, shard_thread: Some(handle), admin: Some(admin), _lock: lock })
         }
         Ok(Err(e)) => {
             let _ = handle.join();
@@ -496,13 +583,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(IDENTITY_TMP_FILE), b"cluster_na").unwrap();
         let cfg = config(&dir);
-        let mut data = prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
+        let data = prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
         assert!(data.is_new());
-        assert!(names(&dir).is_empty(), "the temp file gone, nothing written yet: {:?}", names(&dir));
-        data.write_identity().unwrap();
-        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string()]);
+        assert_eq!(names(&dir), vec![LOCK_FILE.to_string()], "the temp file gone, nothing written yet");
+        data.identity.write().unwrap();
+        drop(data.lock);
+        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string(), LOCK_FILE.to_string()]);
         let id = std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap();
         assert!(id.contains("node_id = 1"), "{id}");
         assert!(!prepare_data_dir(&cfg).expect("and accepted again").is_new());
+    }
+
+    #[test]
+    fn the_data_directory_is_locked_while_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let cfg = config(&dir);
+        let data = prepare_data_dir(&cfg).unwrap();
+        let e = prepare_data_dir(&cfg).expect_err("a second user of the directory is refused").0;
+        assert!(e.contains("in use by another skiff process"), "{e}");
+        assert!(e.contains(&dir.display().to_string()), "names the directory: {e}");
+        assert!(e.contains(&format!("pid {}", std::process::id())), "names the holder: {e}");
+        drop(data);
+        prepare_data_dir(&cfg).expect("free again once the holder is gone");
     }
 }

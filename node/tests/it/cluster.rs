@@ -170,6 +170,11 @@ impl Cluster {
         }
     }
 
+    /// The pid of node `id`'s process.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.node(id).child.as_ref().expect("node is running").id()
+    }
+
     /// Sends `sig` to node `id`'s process without waiting for it.
     pub fn signal(&self, id: u64, sig: libc::c_int) {
         let c = self.node(id).child.as_ref().expect("node is running");

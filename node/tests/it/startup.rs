@@ -13,6 +13,32 @@ fn skiff(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// As [`skiff`], for a run that should be refused but might start: a process still
+/// running after `within` is killed and reported as status -1.
+fn skiff_within(args: &[&str], within: Duration) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run skiff");
+    let deadline = std::time::Instant::now() + within;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+    (code, err)
+}
+
 fn dir(name: &str) -> std::path::PathBuf {
     let d =
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-{}-{name}", std::process::id()));
@@ -166,13 +192,36 @@ fn a_refused_first_start_leaves_the_data_directory_reusable() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("holds no Raft state"), "{err}");
     assert!(!dir.join("skiff.id").exists(), "no identity written by a refused start");
-    let left: Vec<_> =
-        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(left.is_empty(), "nothing left in the data directory: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n != "skiff.lock").collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing but the lock file left in the data directory: {left:?}");
     // Corrected: the right cluster name, and --bootstrap.
     c.launch(1, &["--bootstrap"]);
     c.leader(Duration::from_secs(10));
     assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
     let id = std::fs::read_to_string(dir.join("skiff.id")).unwrap();
     assert!(id.contains("cluster_name = \"it\""), "{id}");
+}
+
+/// Two processes on one data directory would corrupt its WAL: a second `skiff serve`
+/// on a directory in use, with ports of its own, is refused and names the holder.
+#[test]
+fn a_data_directory_in_use_is_refused() {
+    let c = Cluster::start(1, &[]);
+    c.leader(Duration::from_secs(10));
+    let mut args = c.args(1);
+    for flag in ["--client-addr", "--admin-addr", "--cluster"] {
+        let i = args.iter().position(|a| a == flag).unwrap() + 1;
+        let port = crate::cluster::free_port();
+        args[i] = if flag == "--cluster" { format!("1=127.0.0.1:{port}") } else { format!("127.0.0.1:{port}") };
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = skiff_within(&args, Duration::from_secs(10));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in use by another skiff process"), "{err}");
+    assert!(err.contains(&c.node(1).dir.display().to_string()), "names the directory: {err}");
+    assert!(err.contains(&format!("pid {}", c.pid(1))), "names the holder: {err}");
+    // The first node never noticed.
+    assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
 }
