@@ -59,7 +59,7 @@ pub struct ServeArgs {
     /// Leader heartbeat interval in ticks, less than --election-ticks (default 1).
     #[arg(long)]
     pub heartbeat_ticks: Option<u32>,
-    /// Election timeout in ticks, more than --heartbeat-ticks (default 10).
+    /// Election timeout in ticks, more than --heartbeat-ticks, at most 1048576 (default 10).
     #[arg(long)]
     pub election_ticks: Option<u32>,
     /// Run a PreVote round before an election: true or false (default true).
@@ -77,10 +77,11 @@ pub struct ServeArgs {
     /// Append messages in flight per follower (default 512).
     #[arg(long)]
     pub max_inflight_msgs: Option<usize>,
-    /// Largest peer frame body; at least --max-size-per-msg + 65536 (default 16777216).
+    /// Largest peer frame body; at least the larger of --max-size-per-msg and the largest
+    /// client entry (8650816), plus 65536 (default 16777216).
     #[arg(long)]
     pub frame_bytes_max: Option<u64>,
-    /// WAL segment size: at least 4194304, a multiple of 4096 (default 67108864).
+    /// WAL segment size: 4194304 to 2147483648, a multiple of 4096 (default 67108864).
     #[arg(long)]
     pub wal_segment_bytes: Option<u64>,
     /// Applied log bytes since the last snapshot that trigger a new one (default 67108864).

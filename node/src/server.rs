@@ -33,6 +33,22 @@ pub const IDENTITY_TMP_FILE: &str = "skiff.id.tmp";
 /// Locked (`flock`) by the process using the data directory; holds its pid.
 pub const LOCK_FILE: &str = "skiff.lock";
 
+// The configuration validates against copies of the engine's, the WAL's, the
+// transport's and the client codec's bounds (the tuning crate depends on none of them);
+// they must agree.
+const _: () = assert!(skiff_tuning::config::ELECTION_TICKS_MAX == skiff_engine::config::ELECTION_TICKS_MAX);
+const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MAX == skiff_wal::format::SEGMENT_BYTES_MAX);
+const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MIN >= skiff_wal::format::SEGMENT_BYTES_MIN);
+const _: () =
+    assert!(skiff_tuning::config::FRAME_BYTES_MAX_LIMIT == skiff_net::frame::FRAME_BODY_BYTES_MAX_LIMIT as u64);
+const _: () =
+    assert!(skiff_tuning::config::CLIENT_REQUEST_BYTES_MAX == skiff_net::resp::RESP_REQUEST_BYTES_MAX_DEFAULT as u64);
+const _: () =
+    assert!(skiff_tuning::config::CLIENT_REQUEST_ELEMENTS_MAX == skiff_net::resp::RESP_ARRAY_LEN_MAX_DEFAULT as u64);
+// A snapshot chunk frame: the app frame's tag, the chunk header (32 bytes), the chunk.
+const _: () =
+    assert!(skiff_tuning::config::SNAPSHOT_CHUNK_FRAME_BYTES >= 4 + 32 + crate::shard::SNAPSHOT_CHUNK_BYTES as u64);
+
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -606,5 +622,45 @@ mod tests {
         assert!(e.contains(&format!("pid {}", std::process::id())), "names the holder: {e}");
         drop(data);
         prepare_data_dir(&cfg).expect("free again once the holder is gone");
+    }
+
+    /// The largest requests the client codec accepts become entries within
+    /// `CLIENT_ENTRY_BYTES_MAX`, the bound `frame_bytes_max` is validated against.
+    #[test]
+    fn the_largest_client_requests_fit_the_entry_bound() {
+        use bytes::Bytes;
+        use skiff_tuning::config::{CLIENT_ENTRY_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, CLIENT_REQUEST_ELEMENTS_MAX};
+        let total = CLIENT_REQUEST_BYTES_MAX as usize;
+        let elements = CLIENT_REQUEST_ELEMENTS_MAX as usize;
+        // As many strings as allowed, sharing the request's bytes: the most length
+        // prefixes, the most payload.
+        let request = |name: &str, strings: usize| {
+            let mut args = vec![Bytes::copy_from_slice(name.as_bytes())];
+            let each = (total - name.len()) / strings;
+            for i in 0..strings {
+                let len = if i == 0 { total - name.len() - each * (strings - 1) } else { each };
+                args.push(Bytes::from(vec![b'k'; len]));
+            }
+            assert_eq!(args.iter().map(Bytes::len).sum::<usize>(), total);
+            args
+        };
+        let half = total / 2;
+        let set = vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from(vec![b'k'; half]),
+            Bytes::from(vec![b'v'; total - half - 3 - 2]),
+            Bytes::from_static(b"NX"),
+        ];
+        for args in [request("DEL", elements - 1), request("MSET", (elements - 1) & !1), set] {
+            let crate::commands::Action::Write(cmd) = crate::commands::parse(&args) else { panic!("a write") };
+            let entry = cmd.encode(crate::kv::Origin { node: u64::MAX, request: u64::MAX });
+            assert!(
+                entry.len() as u64 <= CLIENT_ENTRY_BYTES_MAX,
+                "{} of {} strings: {} bytes",
+                String::from_utf8_lossy(&args[0]),
+                args.len(),
+                entry.len()
+            );
+        }
     }
 }

@@ -60,6 +60,15 @@ fn bad_configurations_are_refused_with_their_reason() {
         ([&base[..], &["--id", "1", "--client-addr", "nonsense"]].concat(), "client_addr"),
         ([&base[..], &["--id", "1", "--cpu", "4096"]].concat(), "cpu 4096"),
         ([&base[..], &["--id", "1", "--election-ticks", "1"]].concat(), "election_ticks"),
+        // Bounds of the engine, the WAL and the transport, refused before the data
+        // directory is created.
+        (
+            [&base[..], &["--id", "1", "--election-ticks", "1048577"]].concat(),
+            "election_ticks (1048577) must be at most",
+        ),
+        ([&base[..], &["--id", "1", "--wal-segment-bytes", "4294967296"]].concat(), "wal_segment_bytes"),
+        ([&base[..], &["--id", "1", "--frame-bytes-max", "4294967296"]].concat(), "frame_bytes_max"),
+        ([&base[..], &["--id", "1", "--frame-bytes-max", "2000000"]].concat(), "client request"),
         ([&base[..], &["--id", "1", "--read-mode", "lease", "--check-quorum", "false"]].concat(), "check_quorum"),
         ([&base[..], &["--id", "1", "--bootstrap", "--join"]].concat(), "exclusive"),
         (vec!["serve", "--config", "/nonexistent/skiff.toml"], "/nonexistent/skiff.toml"),
