@@ -102,10 +102,10 @@ pub struct ServeArgs {
     /// Milliseconds a request may wait before TRYAGAIN or TIMEOUT (default 5000).
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
-    /// Warn when one WAL fdatasync takes longer, in milliseconds (default 100).
+    /// Warn when one WAL fdatasync takes longer, in milliseconds (default 100; 0: never).
     #[arg(long)]
     pub fsync_warn_ms: Option<u64>,
-    /// Warn when applying one batch takes longer, in milliseconds (default 100).
+    /// Warn when applying one batch takes longer, in milliseconds (default 100; 0: never).
     #[arg(long)]
     pub apply_warn_ms: Option<u64>,
     /// Found a new cluster if the data directory is empty (first start only).

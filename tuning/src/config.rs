@@ -208,10 +208,10 @@ pub struct NodeConfig {
     /// How long a request may wait (for a leader, or to commit). Default 5000 ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Warn when an fdatasync takes longer. Default 100 ms.
+    /// Warn when an fdatasync takes longer. Default 100 ms; 0 never warns.
     #[serde(default = "default_fsync_warn_ms")]
     pub fsync_warn_ms: u64,
-    /// Warn when applying one batch takes longer. Default 100 ms.
+    /// Warn when applying one batch takes longer. Default 100 ms; 0 never warns.
     #[serde(default = "default_apply_warn_ms")]
     pub apply_warn_ms: u64,
 }
