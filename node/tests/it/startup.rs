@@ -234,3 +234,19 @@ fn a_data_directory_in_use_is_refused() {
     // The first node never noticed.
     assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
 }
+
+/// A stop that does not finish (a write that cannot commit holds it for the grace
+/// period) is cut short by a second signal.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut c = Cluster::start(2, &[]);
+    let _held = hold_a_write(&mut c, 1);
+    c.signal(1, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(1, libc::SIGINT);
+    // The grace period for the held write is 3 s; the second signal does not wait it out.
+    let status = c.wait_exit(1, Duration::from_millis(1500)).expect("exits at once on the second signal");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status}");
+    let log = std::fs::read_to_string(&c.node(1).log).unwrap();
+    assert!(log.contains("SIGINT again while stopping: exiting now"), "{log}");
+}
