@@ -250,3 +250,14 @@ fn a_second_signal_exits_at_once() {
     let log = std::fs::read_to_string(&c.node(1).log).unwrap();
     assert!(log.contains("SIGINT again while stopping: exiting now"), "{log}");
 }
+
+/// A SKIFF_LOG value that is not a level is said, with the accepted ones.
+#[test]
+fn an_unknown_log_level_is_warned_about() {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("tune").env("SKIFF_LOG", "verbose").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SKIFF_LOG=\"verbose\" is not a log level"), "{err}");
+    assert!(err.contains("error, warn, info, debug, trace, off"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("tune").env("SKIFF_LOG", "Debug").output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("SKIFF_LOG"), "a level is accepted quietly");
+}
