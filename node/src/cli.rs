@@ -108,12 +108,13 @@ pub struct ServeArgs {
     /// Warn when applying one batch takes longer, in milliseconds (default 100; 0: never).
     #[arg(long)]
     pub apply_warn_ms: Option<u64>,
-    /// Found a new cluster if the data directory is empty (first start only).
-    #[arg(long)]
-    pub bootstrap: bool,
-    /// Start empty and wait to be added by the leader.
-    #[arg(long)]
-    pub join: bool,
+    /// Found a new cluster if the data directory is empty (first start only);
+    /// --bootstrap=false overrides `bootstrap = true` in the config file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub bootstrap: Option<bool>,
+    /// Start empty and wait to be added by the leader; --join=false overrides the file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub join: Option<bool>,
 }
 
 /// `skiff local`.
@@ -182,12 +183,8 @@ impl ServeArgs {
         put_int(&mut t, "request_timeout_ms", self.request_timeout_ms)?;
         put_int(&mut t, "fsync_warn_ms", self.fsync_warn_ms)?;
         put_int(&mut t, "apply_warn_ms", self.apply_warn_ms)?;
-        if self.bootstrap {
-            t.insert("bootstrap".into(), true.into());
-        }
-        if self.join {
-            t.insert("join".into(), true.into());
-        }
+        put(&mut t, "bootstrap", self.bootstrap);
+        put(&mut t, "join", self.join);
         Ok(t)
     }
 }
@@ -232,5 +229,27 @@ mod tests {
         let cfg = skiff_tuning::load(None, t).unwrap();
         assert_eq!((cfg.id, cfg.tick_ms, cfg.pre_vote, cfg.bootstrap), (2, 50, false, true));
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+    }
+
+    /// `bootstrap = true` in a file can be turned off from the command line.
+    #[test]
+    fn bootstrap_and_join_can_be_cleared_by_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(&file, "id = 1\ncluster = \"1=127.0.0.1:1\"\ndata_dir = \"/d\"\nbootstrap = true\n").unwrap();
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["skiff", "serve", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("serve") };
+            skiff_tuning::load(args.config.as_deref(), args.overrides().unwrap()).unwrap()
+        };
+        assert!(load(&[]).bootstrap);
+        assert!(!load(&["--bootstrap=false"]).bootstrap);
+        assert!(load(&["--bootstrap"]).bootstrap);
+        assert!(load(&["--bootstrap=true"]).bootstrap);
+        let c = load(&["--bootstrap=false", "--join"]);
+        assert!(!c.bootstrap && c.join);
+        assert!(!load(&["--join=false"]).join);
+        assert!(Cli::try_parse_from(["skiff", "serve", "--bootstrap=maybe"]).is_err());
     }
 }

@@ -486,6 +486,7 @@ pub fn start_traced(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let (stop2, stop3, pub2) = (stop.clone(), stop.clone(), published.clone());
     let Listeners { client, peer, admin } = listeners;
+    let bootstrap = cfg.bootstrap;
     let admin = AdminServer::start(admin, published.clone(), ops_tx)
         .map_err(|e| err(format!("cannot start the admin port: {e}")))?;
     let handle = LocalExecutorBuilder::new(placement)
@@ -504,6 +505,9 @@ pub fn start_traced(
                     return Err(e.to_string());
                 }
             };
+            if bootstrap {
+                warn_if_bootstrap_ignored(&shard.status());
+            }
             let accept = glommio::spawn_local(accept_clients(shard.clone(), client, stop3));
             let _ = ready_tx.send(Ok(()));
             let res = shard.clone().run().await;
@@ -544,6 +548,23 @@ fn refusal(stop: &AtomicBool) -> &'static [u8] {
         b"-ERR the node is shutting down\r\n"
     } else {
         b"-ERR max number of clients reached\r\n"
+    }
+}
+
+/// Bootstrap acts only on a data directory with no Raft state. Left set on a node that
+/// has state, it does nothing today, but if the directory is ever lost the node comes
+/// back founding a cluster of its own instead of being refused: say so.
+fn warn_if_bootstrap_ignored(status: &crate::metrics::ShardStatus) {
+    // A founding member starts with its founding entries not yet written; a node that
+    // restarted from its data has everything it knows on disk.
+    let founded = status.persisted == 0 && status.last_index > 0;
+    if !founded {
+        warn!(
+            "bootstrap is set but the data directory already holds Raft state (last index {}, term {}): bootstrap was \
+             ignored. Remove it from this node's configuration (or pass --bootstrap=false): should the data \
+             directory ever be lost, a node started with it founds a new cluster instead of being refused",
+            status.last_index, status.term
+        );
     }
 }
 

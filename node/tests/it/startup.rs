@@ -261,3 +261,50 @@ fn an_unknown_log_level_is_warned_about() {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("tune").env("SKIFF_LOG", "Debug").output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("SKIFF_LOG"), "a level is accepted quietly");
 }
+
+/// bootstrap left on after the first start is ignored, and said so; a flag turns off
+/// `bootstrap = true` from a config file.
+#[test]
+fn bootstrap_on_a_node_with_state_is_warned_about_and_a_flag_clears_it() {
+    let mut c = Cluster::start(1, &[]);
+    c.leader(Duration::from_secs(10));
+    let founding = std::fs::read_to_string(&c.node(1).log).unwrap();
+    assert!(!founding.contains("bootstrap was ignored"), "not on the founding start: {founding}");
+    assert!(c.stop(1, Duration::from_secs(10)));
+    c.launch(1, &["--bootstrap"]);
+    c.leader(Duration::from_secs(10));
+    let log = std::fs::read_to_string(&c.node(1).log).unwrap();
+    assert!(log.contains("bootstrap is set but the data directory already holds Raft state"), "{log}");
+    assert!(c.stop(1, Duration::from_secs(10)));
+
+    // A config file that says bootstrap = true, overridden on an empty directory: the
+    // node is refused instead of founding a cluster.
+    let d = dir("bootstrap-false");
+    std::fs::create_dir_all(&d).unwrap();
+    let file = d.join("skiff.toml");
+    std::fs::write(&file, "bootstrap = true\n").unwrap();
+    let data = d.join("data");
+    let peer = format!("127.0.0.1:{}", crate::cluster::free_port());
+    let (code, err) = skiff_within(
+        &[
+            "serve",
+            "--config",
+            &file.to_string_lossy(),
+            "--id",
+            "1",
+            "--cluster",
+            &format!("1={peer}"),
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--client-addr",
+            &format!("127.0.0.1:{}", crate::cluster::free_port()),
+            "--admin-addr",
+            &format!("127.0.0.1:{}", crate::cluster::free_port()),
+            "--bootstrap=false",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds no Raft state"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
