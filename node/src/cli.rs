@@ -128,10 +128,12 @@ pub struct LocalArgs {
     #[arg(long)]
     pub base_port: Option<u16>,
     /// Where the nodes' data directories go (it must support O_DIRECT: not tmpfs).
+    /// A directory that does not exist yet is created, and removed with everything in
+    /// it on exit unless --keep-data is given; one that already existed is kept.
     /// Default: a new directory under /var/tmp, removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Keep the data directory on exit.
+    /// Keep the data directory on exit, even one skiff local created.
     #[arg(long)]
     pub keep_data: bool,
     /// Extra flags passed to every `skiff serve`, e.g. -- --tick-ms 50.
@@ -229,6 +231,17 @@ mod tests {
         let cfg = skiff_tuning::load(None, t).unwrap();
         assert_eq!((cfg.id, cfg.tick_ms, cfg.pre_vote, cfg.bootstrap), (2, 50, false, true));
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+    }
+
+    /// `skiff local --help` says that a --data-dir it created is deleted on exit.
+    #[test]
+    fn local_help_says_a_created_data_dir_is_removed() {
+        let mut cmd = Cli::command();
+        let local = cmd.find_subcommand_mut("local").expect("local subcommand");
+        let help = local.render_long_help().to_string();
+        let data_dir = help.split("--data-dir").nth(1).expect("--data-dir documented");
+        let data_dir = data_dir.split("--keep-data").next().unwrap();
+        assert!(data_dir.contains("does not exist yet") && data_dir.contains("removed"), "{help}");
     }
 
     /// `bootstrap = true` in a file can be turned off from the command line.
