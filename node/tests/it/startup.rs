@@ -268,6 +268,8 @@ fn an_unknown_log_level_is_warned_about() {
 fn bootstrap_on_a_node_with_state_is_warned_about_and_a_flag_clears_it() {
     let mut c = Cluster::start(1, &[]);
     c.leader(Duration::from_secs(10));
+    // An acknowledged write is durable: the node has state when it stops.
+    assert_eq!(write_until_ok(&mut c.client(1), &["SET", "k", "v"], Duration::from_secs(10)), ok());
     let founding = std::fs::read_to_string(&c.node(1).log).unwrap();
     assert!(!founding.contains("bootstrap was ignored"), "not on the founding start: {founding}");
     assert!(c.stop(1, Duration::from_secs(10)));
