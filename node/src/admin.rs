@@ -52,7 +52,7 @@ use skiff_engine::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::metrics::{HistogramKey, Published, Recorded, RejectReason, ShardReport, TransportCounters, Unit};
+use crate::metrics::{HistogramKey, NodeInfo, Published, Recorded, RejectReason, ShardReport, TransportCounters, Unit};
 
 /// Largest request head (request line plus headers) accepted, in bytes. Admin requests
 /// are a path and a short query; 64 KiB leaves room for any client's headers and
@@ -162,8 +162,10 @@ pub enum Op {
     /// `POST /transfer-leader?to=ID`: hand leadership to `to` (etcd
     /// `TransferLeadership`).
     TransferLeader { to: NodeId },
-    /// `POST /members/add?id=ID&addr=HOST:PORT[&learner=true]`.
-    AddMember { id: NodeId, addr: String, learner: bool },
+    /// `POST /members/add?id=ID[&addr=HOST:PORT][&learner=true]`. The member's address
+    /// is the one in the node's cluster list; `addr`, when given, has been checked
+    /// against it.
+    AddMember { id: NodeId, addr: Option<String>, learner: bool },
     /// `POST /members/remove?id=ID`.
     RemoveMember { id: NodeId },
     /// `POST /members/promote?id=ID`: a learner becomes a voter.
@@ -697,11 +699,15 @@ async fn route_request(route: Route, params: &Params, state: &State) -> Result<R
         }
         Route::MembersAdd => {
             params.allow(&["id", "addr", "learner", "shard"])?;
-            let op = Op::AddMember {
-                id: params.node_id("id")?,
-                addr: params.addr("addr")?,
-                learner: params.flag("learner")?.unwrap_or(false),
+            let id = params.node_id("id")?;
+            let addr = match params.get("addr") {
+                Some(_) => Some(params.addr("addr")?),
+                None => None,
             };
+            if let Some(given) = &addr {
+                check_member_addr(&state.published.node(), id, given)?;
+            }
+            let op = Op::AddMember { id, addr, learner: params.flag("learner")?.unwrap_or(false) };
             run_op(state, params, op).await
         }
         Route::MembersRemove => {
@@ -752,6 +758,27 @@ fn failpoints_json() -> Response<Body> {
 #[cfg(not(feature = "failpoints"))]
 fn arm_failpoint(_: &str, _: &Params) -> Result<Response<Body>, BadRequest> {
     Ok(text(StatusCode::NOT_FOUND, "this build has no failure points"))
+}
+
+/// The cluster reaches a member at the address in the node's cluster list (`--cluster`),
+/// whatever `addr` says: an `addr` that differs is refused rather than silently ignored.
+/// Two spellings of one IP address and port match; names are not resolved. An id that
+/// is not in the list is left to the shard, which refuses it.
+fn check_member_addr(node: &NodeInfo, id: NodeId, given: &str) -> Result<(), BadRequest> {
+    let Some(m) = node.members.iter().find(|m| m.id == id) else { return Ok(()) };
+    let same = m.addr == given
+        || matches!((m.addr.parse::<SocketAddr>(), given.parse::<SocketAddr>()), (Ok(a), Ok(b)) if a == b);
+    if same {
+        return Ok(());
+    }
+    Err(BadRequest::param(
+        "addr",
+        &format!(
+            "`{given}` differs from node {id}'s address in this node's cluster list (`{}`), which is the one the \
+             cluster uses; omit addr, or fix --cluster on every member first",
+            m.addr
+        ),
+    ))
 }
 
 async fn run_op(state: &State, params: &Params, op: Op) -> Result<Response<Body>, BadRequest> {
@@ -1419,7 +1446,7 @@ fn histogram_samples(f: &mut Family, labels: &[(&str, &str)], unit: Unit, r: &Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{MetricsConfig, NodeInfo, ShardMetrics, ShardStatus};
+    use crate::metrics::{MetricsConfig, ShardMetrics, ShardStatus};
 
     #[test]
     fn routes_resolve_and_carry_their_method() {

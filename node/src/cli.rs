@@ -59,7 +59,7 @@ pub struct ServeArgs {
     /// Leader heartbeat interval in ticks, less than --election-ticks (default 1).
     #[arg(long)]
     pub heartbeat_ticks: Option<u32>,
-    /// Election timeout in ticks, more than --heartbeat-ticks (default 10).
+    /// Election timeout in ticks, more than --heartbeat-ticks, at most 1048576 (default 10).
     #[arg(long)]
     pub election_ticks: Option<u32>,
     /// Run a PreVote round before an election: true or false (default true).
@@ -77,10 +77,11 @@ pub struct ServeArgs {
     /// Append messages in flight per follower (default 512).
     #[arg(long)]
     pub max_inflight_msgs: Option<usize>,
-    /// Largest peer frame body; at least --max-size-per-msg + 65536 (default 16777216).
+    /// Largest peer frame body; at least the larger of --max-size-per-msg and the largest
+    /// client entry (8650816), plus 65536 (default 16777216).
     #[arg(long)]
     pub frame_bytes_max: Option<u64>,
-    /// WAL segment size: at least 4194304, a multiple of 4096 (default 67108864).
+    /// WAL segment size: 4194304 to 2147483648, a multiple of 4096 (default 67108864).
     #[arg(long)]
     pub wal_segment_bytes: Option<u64>,
     /// Applied log bytes since the last snapshot that trigger a new one (default 67108864).
@@ -101,18 +102,19 @@ pub struct ServeArgs {
     /// Milliseconds a request may wait before TRYAGAIN or TIMEOUT (default 5000).
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
-    /// Warn when one WAL fdatasync takes longer, in milliseconds (default 100).
+    /// Warn when one WAL fdatasync takes longer, in milliseconds (default 100; 0: never).
     #[arg(long)]
     pub fsync_warn_ms: Option<u64>,
-    /// Warn when applying one batch takes longer, in milliseconds (default 100).
+    /// Warn when applying one batch takes longer, in milliseconds (default 100; 0: never).
     #[arg(long)]
     pub apply_warn_ms: Option<u64>,
-    /// Found a new cluster if the data directory is empty (first start only).
-    #[arg(long)]
-    pub bootstrap: bool,
-    /// Start empty and wait to be added by the leader.
-    #[arg(long)]
-    pub join: bool,
+    /// Found a new cluster if the data directory is empty (first start only);
+    /// --bootstrap=false overrides `bootstrap = true` in the config file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub bootstrap: Option<bool>,
+    /// Start empty and wait to be added by the leader; --join=false overrides the file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub join: Option<bool>,
 }
 
 /// `skiff local`.
@@ -126,10 +128,12 @@ pub struct LocalArgs {
     #[arg(long)]
     pub base_port: Option<u16>,
     /// Where the nodes' data directories go (it must support O_DIRECT: not tmpfs).
+    /// A directory that does not exist yet is created, and removed with everything in
+    /// it on exit unless --keep-data is given; one that already existed is kept.
     /// Default: a new directory under /var/tmp, removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Keep the data directory on exit.
+    /// Keep the data directory on exit, even one skiff local created.
     #[arg(long)]
     pub keep_data: bool,
     /// Extra flags passed to every `skiff serve`, e.g. -- --tick-ms 50.
@@ -181,12 +185,8 @@ impl ServeArgs {
         put_int(&mut t, "request_timeout_ms", self.request_timeout_ms)?;
         put_int(&mut t, "fsync_warn_ms", self.fsync_warn_ms)?;
         put_int(&mut t, "apply_warn_ms", self.apply_warn_ms)?;
-        if self.bootstrap {
-            t.insert("bootstrap".into(), true.into());
-        }
-        if self.join {
-            t.insert("join".into(), true.into());
-        }
+        put(&mut t, "bootstrap", self.bootstrap);
+        put(&mut t, "join", self.join);
         Ok(t)
     }
 }
@@ -231,5 +231,38 @@ mod tests {
         let cfg = skiff_tuning::load(None, t).unwrap();
         assert_eq!((cfg.id, cfg.tick_ms, cfg.pre_vote, cfg.bootstrap), (2, 50, false, true));
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+    }
+
+    /// `skiff local --help` says that a --data-dir it created is deleted on exit.
+    #[test]
+    fn local_help_says_a_created_data_dir_is_removed() {
+        let mut cmd = Cli::command();
+        let local = cmd.find_subcommand_mut("local").expect("local subcommand");
+        let help = local.render_long_help().to_string();
+        let data_dir = help.split("--data-dir").nth(1).expect("--data-dir documented");
+        let data_dir = data_dir.split("--keep-data").next().unwrap();
+        assert!(data_dir.contains("does not exist yet") && data_dir.contains("removed"), "{help}");
+    }
+
+    /// `bootstrap = true` in a file can be turned off from the command line.
+    #[test]
+    fn bootstrap_and_join_can_be_cleared_by_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(&file, "id = 1\ncluster = \"1=127.0.0.1:1\"\ndata_dir = \"/d\"\nbootstrap = true\n").unwrap();
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["skiff", "serve", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("serve") };
+            skiff_tuning::load(args.config.as_deref(), args.overrides().unwrap()).unwrap()
+        };
+        assert!(load(&[]).bootstrap);
+        assert!(!load(&["--bootstrap=false"]).bootstrap);
+        assert!(load(&["--bootstrap"]).bootstrap);
+        assert!(load(&["--bootstrap=true"]).bootstrap);
+        let c = load(&["--bootstrap=false", "--join"]);
+        assert!(!c.bootstrap && c.join);
+        assert!(!load(&["--join=false"]).join);
+        assert!(Cli::try_parse_from(["skiff", "serve", "--bootstrap=maybe"]).is_err());
     }
 }

@@ -124,6 +124,7 @@ pub fn parse(args: &[Bytes]) -> Action {
             Some(sub) if sub == b"getname" => Action::Now(Reply::Nil),
             _ => Action::Now(Reply::err("ERR CLIENT subcommand not supported by Skiff")),
         },
+        "hello" => parse_hello(rest),
         "quit" => Action::Quit,
         "del" | "mget" | "exists" | "dbsize" | "mset" => Action::Now(arity(&lower)),
         _ => {
@@ -142,6 +143,56 @@ pub const SUPPORTED: [&str; 20] = [
     "ping", "echo", "get", "mget", "exists", "dbsize", "set", "del", "incr", "decr", "incrby", "decrby", "mset",
     "info", "command", "config", "select", "quit", "client", "hello",
 ];
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`. Skiff speaks RESP2
+/// only: `HELLO` and `HELLO 2` answer the server's description as Redis does (a map,
+/// which RESP2 sends as a flat array of names and values); any other version is
+/// `-NOPROTO`, which tells RESP3-first clients to carry on with RESP2.
+fn parse_hello(rest: &[Bytes]) -> Action {
+    let Some((ver, opts)) = rest.split_first() else { return Action::Now(hello_reply()) };
+    match parse_i64(ver) {
+        Some(2) => {}
+        Some(_) => return Action::Now(Reply::err("NOPROTO unsupported protocol version")),
+        None => return Action::Now(Reply::err("ERR Protocol version is not an integer or out of range")),
+    }
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = opts[i].to_ascii_uppercase();
+        match opt.as_slice() {
+            b"AUTH" if i + 2 < opts.len() => {
+                return Action::Now(Reply::err("ERR AUTH is not supported by Skiff (it has no users or passwords)"));
+            }
+            // The name is not recorded, as with CLIENT SETNAME.
+            b"SETNAME" if i + 1 < opts.len() => i += 2,
+            _ => return Action::Now(Reply::err(format!("ERR Syntax error in HELLO option '{}'", quote(&opts[i])))),
+        }
+    }
+    Action::Now(hello_reply())
+}
+
+/// What `HELLO` answers: Redis's fields, describing Skiff. There are no client ids
+/// (`id` is 0); `role` is `master` on every node because every node accepts writes
+/// (followers relay them to the leader); `mode` is `standalone` because there are no
+/// cluster redirects.
+fn hello_reply() -> Reply {
+    let s = |v: &'static str| Reply::Bulk(Bytes::from_static(v.as_bytes()));
+    Reply::Array(vec![
+        s("server"),
+        s("skiff"),
+        s("version"),
+        s(env!("CARGO_PKG_VERSION")),
+        s("proto"),
+        Reply::Int(2),
+        s("id"),
+        Reply::Int(0),
+        s("mode"),
+        s("standalone"),
+        s("role"),
+        s("master"),
+        s("modules"),
+        Reply::Array(Vec::new()),
+    ])
+}
 
 fn parse_set(rest: &[Bytes]) -> Action {
     let [key, value, opts @ ..] = rest else { return Action::Now(arity("set")) };
@@ -285,6 +336,50 @@ mod tests {
         assert_eq!(parse(&req("CONFIG GET nonexistent")), Action::Now(Reply::Array(vec![])));
         assert!(matches!(parse(&req("CONFIG SET save x")), Action::Now(Reply::Error(_))));
         assert_eq!(parse(&req("COMMAND DOCS")), Action::Now(Reply::Array(vec![])));
+    }
+
+    /// Every command counted by `COMMAND COUNT` is answered, not "unknown command".
+    #[test]
+    fn every_supported_command_is_parsed() {
+        for name in SUPPORTED {
+            if let Action::Now(Reply::Error(e)) = parse(&[b(name)]) {
+                assert!(!e.starts_with("ERR unknown command"), "{name} is in SUPPORTED but unknown: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn hello_answers_for_resp2_and_refuses_other_versions() {
+        let Action::Now(Reply::Array(fields)) = parse(&req("HELLO")) else { panic!("HELLO answers a map") };
+        assert_eq!(fields.len() % 2, 0, "name/value pairs: {fields:?}");
+        let get = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|p| p[0] == Reply::Bulk(b(name)))
+                .map(|p| p[1].clone())
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        assert_eq!(get("server"), Reply::Bulk(b("skiff")));
+        assert_eq!(get("version"), Reply::Bulk(b(env!("CARGO_PKG_VERSION"))));
+        assert_eq!(get("proto"), Reply::Int(2));
+        assert_eq!(get("id"), Reply::Int(0));
+        assert_eq!(get("mode"), Reply::Bulk(b("standalone")));
+        assert_eq!(get("role"), Reply::Bulk(b("master")));
+        assert_eq!(get("modules"), Reply::Array(vec![]));
+        assert_eq!(parse(&req("hello 2")), parse(&req("HELLO")));
+        assert_eq!(parse(&req("HELLO 2 SETNAME app")), parse(&req("HELLO")));
+        for (r, want) in [
+            ("HELLO 3", "NOPROTO unsupported protocol version"),
+            ("HELLO 1", "NOPROTO unsupported protocol version"),
+            ("HELLO x", "ERR Protocol version is not an integer or out of range"),
+            ("HELLO 2 BOGUS", "ERR Syntax error in HELLO option 'BOGUS'"),
+            ("HELLO 2 SETNAME", "ERR Syntax error in HELLO option 'SETNAME'"),
+            ("HELLO 2 AUTH user", "ERR Syntax error in HELLO option 'AUTH'"),
+        ] {
+            assert_eq!(parse(&req(r)), Action::Now(Reply::err(want)), "{r}");
+        }
+        let Action::Now(Reply::Error(e)) = parse(&req("HELLO 2 AUTH user pass")) else { panic!("AUTH refused") };
+        assert!(e.contains("AUTH is not supported"), "{e}");
     }
 
     #[test]

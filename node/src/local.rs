@@ -4,6 +4,7 @@
 //! dies) stops every child by pid and removes the data directory.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -140,7 +141,10 @@ pub fn run(args: &LocalArgs) -> i32 {
     }
     let mut children = Vec::new();
     for n in &nodes {
-        match Command::new(&exe).args(serve_args(n, &nodes, &args.serve_args)).spawn() {
+        // Each node in a process group of its own: Ctrl-C reaches only this process,
+        // which then sends every node one SIGTERM (a node exits at once on a second
+        // signal, so the terminal's SIGINT must not reach it too).
+        match Command::new(&exe).args(serve_args(n, &nodes, &args.serve_args)).process_group(0).spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
                 eprintln!("skiff local: cannot start node {}: {e}", n.id);

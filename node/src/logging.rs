@@ -1,5 +1,6 @@
 //! A small stderr logger: UTC timestamp, level, message. `SKIFF_LOG` sets the level
-//! (error, warn, info, debug, trace; default info).
+//! (error, warn, info, debug, trace, or off; default info; any other value is warned
+//! about and means info).
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -57,16 +58,30 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-/// Installs the logger (once; later calls do nothing).
-pub fn init() {
-    let level = match std::env::var("SKIFF_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+/// The values `SKIFF_LOG` accepts (case-insensitive).
+pub const LEVELS: &str = "error, warn, info, debug, trace, off";
+
+/// The level `SKIFF_LOG` names: unset or empty is info; `None` for anything else.
+pub fn parse_level(value: &str) -> Option<log::LevelFilter> {
+    Some(match value.trim().to_ascii_lowercase().as_str() {
         "error" => log::LevelFilter::Error,
         "warn" => log::LevelFilter::Warn,
+        "" | "info" => log::LevelFilter::Info,
         "debug" => log::LevelFilter::Debug,
         "trace" => log::LevelFilter::Trace,
         "off" => log::LevelFilter::Off,
-        _ => log::LevelFilter::Info,
-    };
+        _ => return None,
+    })
+}
+
+/// Installs the logger (once; later calls do nothing).
+pub fn init() {
+    let value = std::env::var("SKIFF_LOG").unwrap_or_default();
+    let level = parse_level(&value).unwrap_or_else(|| {
+        // Said whatever the level: a typo must not silently change what is logged.
+        eprintln!("skiff: SKIFF_LOG={value:?} is not a log level (accepted: {LEVELS}); logging at info");
+        log::LevelFilter::Info
+    });
     if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
         log::set_max_level(level);
     }
@@ -74,7 +89,16 @@ pub fn init() {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::{civil_from_days, parse_level};
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse_level(""), Some(log::LevelFilter::Info));
+        assert_eq!(parse_level("DEBUG"), Some(log::LevelFilter::Debug));
+        assert_eq!(parse_level("off"), Some(log::LevelFilter::Off));
+        assert_eq!(parse_level("verbose"), None);
+        assert_eq!(parse_level("warning"), None);
+    }
 
     #[test]
     fn civil_dates() {

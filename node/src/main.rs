@@ -1,11 +1,11 @@
 //! The `skiff` binary: parses arguments and configuration, then hands over to the
 //! library (`skiff_node::server`, `skiff_node::local`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use skiff_node::cli::{Cli, Command};
 use skiff_node::{local, logging, server};
 use skiff_tuning::Topology;
@@ -51,18 +51,31 @@ fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     // SIGTERM and SIGINT ask the shard to stop: it finishes in-flight writes and
-    // closes the WAL.
-    let signalled = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, signalled.clone());
-    }
+    // closes the WAL. A second one exits at once, for a stop that hangs: a write is
+    // acknowledged only once it is durable on a majority, so exiting loses none.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            running.request_stop();
+            let _ = running.wait();
+            return fail(&format!("cannot handle SIGINT and SIGTERM: {e}"));
+        }
+    };
     let stop = running.stop.clone();
     std::thread::spawn(move || {
-        while !signalled.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
+        let mut received = signals.forever();
+        if let Some(sig) = received.next() {
+            log::info!("stopping on a signal ({}); a second signal exits at once", signal_name(sig));
+            stop.store(true, Ordering::Relaxed);
         }
-        log::info!("stopping on a signal");
-        stop.store(true, Ordering::Relaxed);
+        if let Some(sig) = received.next() {
+            log::warn!(
+                "{} again while stopping: exiting now without waiting for in-flight requests (their outcome is \
+                 unknown to their clients; acknowledged writes are already durable)",
+                signal_name(sig)
+            );
+            std::process::exit(128 + sig);
+        }
     });
     match running.wait() {
         Ok(()) => 0,
@@ -70,6 +83,14 @@ fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
             eprintln!("skiff: {e}");
             1
         }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "a signal",
     }
 }
 

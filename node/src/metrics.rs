@@ -537,7 +537,8 @@ impl fmt::Display for SlowWarning {
     }
 }
 
-/// Warns when one operation exceeds a threshold.
+/// Warns when one operation exceeds a threshold. A zero threshold disables it: never a
+/// warning, never a count (`fsync_warn_ms = 0`, `apply_warn_ms = 0`).
 ///
 /// There is no rate limit: each warning stands for an operation that took at least the
 /// threshold on the shard's own thread, so a shard cannot emit more than one per
@@ -549,14 +550,18 @@ pub struct SlowDetector {
 }
 
 impl SlowDetector {
-    /// A detector for `kind` warning above `threshold`.
+    /// A detector for `kind` warning above `threshold`; never, for a zero `threshold`.
     pub fn new(kind: SlowKind, threshold: Duration) -> SlowDetector {
         SlowDetector { kind, threshold }
     }
 
-    /// The warning to log, if `took` is over the threshold.
+    /// The warning to log, if `took` is over the threshold (and the detector is enabled).
     pub fn check(&self, took: Duration) -> Option<SlowWarning> {
-        (took > self.threshold).then_some(SlowWarning { kind: self.kind, took, threshold: self.threshold })
+        (!self.threshold.is_zero() && took > self.threshold).then_some(SlowWarning {
+            kind: self.kind,
+            took,
+            threshold: self.threshold,
+        })
     }
 }
 
@@ -1421,6 +1426,16 @@ mod tests {
         assert!(w.to_string().contains("apply_batch") && w.to_string().contains("commit_to_apply"), "{w}");
         let c = m.counters();
         assert_eq!((c.wal_fsyncs, c.slow_fsyncs, c.applies, c.slow_applies), (2, 1, 7, 1));
+    }
+
+    #[test]
+    fn a_zero_threshold_disables_the_slow_warnings() {
+        let config = MetricsConfig { slow_fsync_threshold: Duration::ZERO, slow_apply_threshold: Duration::ZERO };
+        let mut m = ShardMetrics::new(0, config);
+        assert_eq!(m.record_wal_fsync(Duration::from_secs(5)), None);
+        assert_eq!(m.record_apply_batch(1, Duration::from_secs(5)), None);
+        let c = m.counters();
+        assert_eq!((c.wal_fsyncs, c.slow_fsyncs, c.applies, c.slow_applies), (1, 0, 1, 0));
     }
 
     #[test]

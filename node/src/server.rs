@@ -14,6 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use skiff_engine::ReadMode;
 use skiff_tuning::{NodeConfig, ReadModeSetting, Topology};
+use skiff_wal::{DmaFs, FileSystem};
 
 use crate::admin::{AdminHandle, AdminServer, ops_channel};
 use crate::metrics::{Member, NodeInfo, Published};
@@ -26,6 +27,27 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
 pub const MEMLOCK_BYTES_PER_SHARD: u64 = 30 << 20;
 /// Name of the identity file in the data directory.
 pub const IDENTITY_FILE: &str = "skiff.id";
+/// The identity is written here first, then renamed to [`IDENTITY_FILE`]. A crash in
+/// between leaves it behind with no identity next to it: start-up removes it.
+pub const IDENTITY_TMP_FILE: &str = "skiff.id.tmp";
+/// Locked (`flock`) by the process using the data directory; holds its pid.
+pub const LOCK_FILE: &str = "skiff.lock";
+
+// The configuration validates against copies of the engine's, the WAL's, the
+// transport's and the client codec's bounds (the tuning crate depends on none of them);
+// they must agree.
+const _: () = assert!(skiff_tuning::config::ELECTION_TICKS_MAX == skiff_engine::config::ELECTION_TICKS_MAX);
+const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MAX == skiff_wal::format::SEGMENT_BYTES_MAX);
+const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MIN >= skiff_wal::format::SEGMENT_BYTES_MIN);
+const _: () =
+    assert!(skiff_tuning::config::FRAME_BYTES_MAX_LIMIT == skiff_net::frame::FRAME_BODY_BYTES_MAX_LIMIT as u64);
+const _: () =
+    assert!(skiff_tuning::config::CLIENT_REQUEST_BYTES_MAX == skiff_net::resp::RESP_REQUEST_BYTES_MAX_DEFAULT as u64);
+const _: () =
+    assert!(skiff_tuning::config::CLIENT_REQUEST_ELEMENTS_MAX == skiff_net::resp::RESP_ARRAY_LEN_MAX_DEFAULT as u64);
+// A snapshot chunk frame: the app frame's tag, the chunk header (32 bytes), the chunk.
+const _: () =
+    assert!(skiff_tuning::config::SNAPSHOT_CHUNK_FRAME_BYTES >= 4 + 32 + crate::shard::SNAPSHOT_CHUNK_BYTES as u64);
 
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +153,115 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Creates the data directory if missing, checks it is writable, and checks (or
-/// writes, on first start) its identity: a directory of another cluster or node is
-/// refused.
-pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
+/// The data directory, checked and locked: its identity matches this node, or it is
+/// empty and the identity is still to be written ([`PendingIdentity::write`]).
+#[derive(Debug)]
+pub struct DataDir {
+    pub path: PathBuf,
+    /// Held for as long as the node runs.
+    pub lock: DirLock,
+    pub identity: PendingIdentity,
+}
+
+impl DataDir {
+    /// Whether this is the first start in an empty directory (no identity yet).
+    pub fn is_new(&self) -> bool {
+        self.identity.unwritten.is_some()
+    }
+}
+
+/// The identity of a new data directory, not yet written.
+#[derive(Debug)]
+pub struct PendingIdentity {
+    dir: PathBuf,
+    /// `Some` on the first start in an empty directory.
+    unwritten: Option<String>,
+}
+
+impl PendingIdentity {
+    /// Writes the identity of a new directory, durably; does nothing for an existing one.
+    /// Called once every other start-up check has passed, so that a refused first start
+    /// leaves the directory as empty as it found it.
+    pub fn write(mut self) -> Result<(), StartError> {
+        let Some(want) = self.unwritten.take() else { return Ok(()) };
+        let id_path = self.dir.join(IDENTITY_FILE);
+        write_durably(&id_path, &self.dir.join(IDENTITY_TMP_FILE), want.as_bytes())
+            .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))
+    }
+}
+
+/// An exclusive `flock` on the data directory's [`LOCK_FILE`], released when dropped
+/// (or when the process ends, however it ends). Two processes writing one WAL would
+/// corrupt it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of `dir`, or says which process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StartError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| err(format!("cannot open the lock file {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; it has no other preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err(format!("cannot lock {}: {e}", path.display())));
+        }
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map(|pid| format!(" (pid {pid})"))
+            .unwrap_or_default();
+        return Err(err(format!(
+            "data_dir {} is in use by another skiff process{holder}: it holds the lock on {LOCK_FILE}. Each node needs \
+             a data directory of its own; stop the other process or choose another data_dir",
+            dir.display()
+        )));
+    }
+    // Who holds it, for the message above; the lock itself is the flock, not the text.
+    let pid = format!("{}\n", std::process::id());
+    let written = file.set_len(0).and_then(|()| {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(pid.as_bytes())
+    });
+    if let Err(e) = written {
+        warn!("cannot record this process's pid in {}: {e}", path.display());
+    }
+    Ok(DirLock { _file: file })
+}
+
+/// Entries of `dir` that make it something other than an empty Skiff data directory.
+fn foreign_entries(dir: &Path) -> Result<Vec<String>, StartError> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| err(format!("cannot list data_dir {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE && n != IDENTITY_TMP_FILE)
+        .collect())
+}
+
+fn refuse_foreign(dir: &Path, foreign: &[String]) -> StartError {
+    err(format!(
+        "data_dir {} is not empty ({}) but has no {IDENTITY_FILE}: it is not a Skiff data directory; choose an empty \
+         directory",
+        dir.display(),
+        foreign.join(", ")
+    ))
+}
+
+/// Creates the data directory if missing, checks it is writable, and checks its
+/// identity: a directory of another cluster or node is refused. On a first start (an
+/// empty directory) nothing is written yet: see [`DataDir::write_identity`].
+pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<DataDir, StartError> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         err(format!("cannot create data_dir {}: {e}; create it and give this user write access", dir.display()))
@@ -148,13 +275,27 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
     })?;
     let _ = std::fs::remove_file(&probe);
     let id_path = dir.join(IDENTITY_FILE);
+    // A directory that is not ours gets no lock file in it.
+    if !id_path.exists() {
+        let foreign = foreign_entries(dir)?;
+        if !foreign.is_empty() {
+            return Err(refuse_foreign(dir, &foreign));
+        }
+    }
+    let lock = lock_data_dir(dir)?;
+    let tmp_path = dir.join(IDENTITY_TMP_FILE);
+    match std::fs::remove_file(&tmp_path) {
+        Ok(()) => info!("removed {}, left by an interrupted write of the identity", tmp_path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(format!("cannot remove the stale {}: {e}", tmp_path.display()))),
+    }
     let want = format!(
         "cluster_name = {:?}\ncluster_id = {}\nnode_id = {}\n",
         cfg.cluster_name,
         cluster_id(&cfg.cluster_name),
         cfg.id
     );
-    match std::fs::read_to_string(&id_path) {
+    let unwritten_identity = match std::fs::read_to_string(&id_path) {
         Ok(have) => {
             if have != want {
                 return Err(err(format!(
@@ -166,35 +307,52 @@ pub fn prepare_data_dir(cfg: &NodeConfig) -> Result<PathBuf, StartError> {
                     cfg.id
                 )));
             }
+            None
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let foreign: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|e| err(format!("cannot list data_dir {}: {e}", dir.display())))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
+            let foreign = foreign_entries(dir)?;
             if !foreign.is_empty() {
-                return Err(err(format!(
-                    "data_dir {} is not empty ({}) but has no {IDENTITY_FILE}: it is not a Skiff data directory; \
-                     choose an empty directory",
-                    dir.display(),
-                    foreign.join(", ")
-                )));
+                return Err(refuse_foreign(dir, &foreign));
             }
-            write_durably(&id_path, want.as_bytes())
-                .map_err(|e| err(format!("cannot write {}: {e}", id_path.display())))?;
+            Some(want)
         }
         Err(e) => return Err(err(format!("cannot read {}: {e}", id_path.display()))),
-    }
-    Ok(dir.join("shard-0"))
+    };
+    Ok(DataDir {
+        path: dir.clone(),
+        lock,
+        identity: PendingIdentity { dir: dir.clone(), unwritten: unwritten_identity },
+    })
 }
 
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+/// The refusal of a start without `bootstrap` or `join` on a data directory with no
+/// Raft state. The shard gives the same answer when `shard_dir` holds no state.
+fn no_raft_state(shard_dir: &Path, id: u64) -> StartError {
+    err(format!(
+        "the data directory {} holds no Raft state. If this node's data was lost, do not start it as a blank member \
+         (it could help elect a leader that lacks committed writes): remove it from the cluster (POST \
+         /members/remove?id={id} on the leader's admin port), then start it with --join and add it back (POST \
+         /members/add?id={id}). To found a new cluster, start every member with --bootstrap.",
+        shard_dir.display()
+    ))
+}
+
+/// The checks a first start makes before it writes anything: what the shard would
+/// otherwise refuse only after the identity is written.
+fn check_new_data_dir(data: &DataDir, params: &ShardParams) -> Result<(), StartError> {
+    if params.start == StartMode::Restart {
+        return Err(no_raft_state(&params.dir, params.node_id));
+    }
+    DmaFs.check_direct_io(&data.path).map_err(|e| err(format!("data_dir {} is unusable: {e}", data.path.display())))
+}
+
+/// Writes `data` to `tmp`, syncs it and renames it to `path`, so `path` is either absent
+/// or whole after a crash.
+fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(tmp, path)?;
     std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
@@ -257,6 +415,8 @@ pub struct Running {
     pub stop: Arc<AtomicBool>,
     shard_thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     admin: Option<AdminHandle>,
+    /// The data directory's lock, released when the node is gone.
+    _lock: DirLock,
 }
 
 impl Running {
@@ -306,9 +466,13 @@ pub fn start_traced(
 ) -> Result<Running, StartError> {
     cfg.validate(topology).map_err(|e| err(e.to_string()))?;
     check_memlock(1)?;
-    let dir = prepare_data_dir(cfg)?;
-    let mut params = shard_params(cfg, dir)?;
+    let mut params = shard_params(cfg, cfg.data_dir.join("shard-0"))?;
     params.trace = trace;
+    let data = prepare_data_dir(cfg)?;
+    if data.is_new() {
+        check_new_data_dir(&data, &params)?;
+    }
+    let DataDir { lock, identity, .. } = data;
     let stop = Arc::new(AtomicBool::new(false));
     let members = cfg.cluster.iter().map(|(&id, addr)| Member { id, addr: addr.clone(), learner: false }).collect();
     let published =
@@ -320,13 +484,20 @@ pub fn start_traced(
         None => Placement::Unbound,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (stop2, pub2) = (stop.clone(), published.clone());
+    let (stop2, stop3, pub2) = (stop.clone(), stop.clone(), published.clone());
     let Listeners { client, peer, admin } = listeners;
+    let bootstrap = cfg.bootstrap;
     let admin = AdminServer::start(admin, published.clone(), ops_tx)
         .map_err(|e| err(format!("cannot start the admin port: {e}")))?;
     let handle = LocalExecutorBuilder::new(placement)
         .name("skiff-shard-0")
         .spawn(move || async move {
+            // Every check that can refuse a first start has passed: the directory
+            // becomes this node's.
+            if let Err(e) = identity.write() {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return Err(e.to_string());
+            }
             let shard = match Shard::open(params, peer, stop2, pub2, ops).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -334,7 +505,10 @@ pub fn start_traced(
                     return Err(e.to_string());
                 }
             };
-            let accept = glommio::spawn_local(accept_clients(shard.clone(), client));
+            if bootstrap {
+                warn_if_bootstrap_ignored(&shard.status());
+            }
+            let accept = glommio::spawn_local(accept_clients(shard.clone(), client, stop3));
             let _ = ready_tx.send(Ok(()));
             let res = shard.clone().run().await;
             drop(accept);
@@ -353,7 +527,7 @@ pub fn start_traced(
                 cfg.peer_addr().unwrap_or("?"),
                 cfg.admin_addr
             );
-            Ok(Running { published, stop, shard_thread: Some(handle), admin: Some(admin) })
+            Ok(Running { published, stop, shard_thread: Some(handle), admin: Some(admin), _lock: lock })
         }
         Ok(Err(e)) => {
             let _ = handle.join();
@@ -366,7 +540,35 @@ pub fn start_traced(
     }
 }
 
-async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
+/// What a refused client connection is told before it is closed. The shard refuses
+/// connections when `max_clients` are open and once it is stopping; `stop` (the flag
+/// SIGTERM raises) tells the two apart.
+fn refusal(stop: &AtomicBool) -> &'static [u8] {
+    if stop.load(Ordering::Relaxed) {
+        b"-ERR the node is shutting down\r\n"
+    } else {
+        b"-ERR max number of clients reached\r\n"
+    }
+}
+
+/// Bootstrap acts only on a data directory with no Raft state. Left set on a node that
+/// has state, it does nothing today, but if the directory is ever lost the node comes
+/// back founding a cluster of its own instead of being refused: say so.
+fn warn_if_bootstrap_ignored(status: &crate::metrics::ShardStatus) {
+    // A founding member starts with its founding entries not yet written; a node that
+    // restarted from its data has everything it knows on disk.
+    let founded = status.persisted == 0 && status.last_index > 0;
+    if !founded {
+        warn!(
+            "bootstrap is set but the data directory already holds Raft state (last index {}, term {}): bootstrap was \
+             ignored. Remove it from this node's configuration (or pass --bootstrap=false): should the data \
+             directory ever be lost, a node started with it founds a new cluster instead of being refused",
+            status.last_index, status.term
+        );
+    }
+}
+
+async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the fd comes from a bound, listening std listener handed over here.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -382,10 +584,104 @@ async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
         };
         if !shard.admit_client() {
             let mut s = stream;
-            let _ = futures_lite::AsyncWriteExt::write_all(&mut s, b"-ERR max number of clients reached\r\n").await;
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut s, refusal(&stop)).await;
             let _ = futures_lite::AsyncWriteExt::close(&mut s).await;
             continue;
         }
         glommio::spawn_local(crate::shard::serve_client(shard.clone(), stream)).detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> NodeConfig {
+        let mut t = toml::Table::new();
+        t.insert("id".into(), 1.into());
+        t.insert("cluster".into(), "1=127.0.0.1:7001".into());
+        t.insert("data_dir".into(), dir.to_string_lossy().into_owned().into());
+        skiff_tuning::load(None, t).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// A crash while the identity is written leaves only its temporary file; the next
+    /// start takes the directory as the empty one it was.
+    #[test]
+    fn a_stale_identity_temp_file_does_not_make_the_directory_foreign() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(IDENTITY_TMP_FILE), b"cluster_na").unwrap();
+        let cfg = config(&dir);
+        let data = prepare_data_dir(&cfg).expect("a directory holding only the temp file is accepted");
+        assert!(data.is_new());
+        assert_eq!(names(&dir), vec![LOCK_FILE.to_string()], "the temp file gone, nothing written yet");
+        data.identity.write().unwrap();
+        drop(data.lock);
+        assert_eq!(names(&dir), vec![IDENTITY_FILE.to_string(), LOCK_FILE.to_string()]);
+        let id = std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap();
+        assert!(id.contains("node_id = 1"), "{id}");
+        assert!(!prepare_data_dir(&cfg).expect("and accepted again").is_new());
+    }
+
+    #[test]
+    fn the_data_directory_is_locked_while_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let cfg = config(&dir);
+        let data = prepare_data_dir(&cfg).unwrap();
+        let e = prepare_data_dir(&cfg).expect_err("a second user of the directory is refused").0;
+        assert!(e.contains("in use by another skiff process"), "{e}");
+        assert!(e.contains(&dir.display().to_string()), "names the directory: {e}");
+        assert!(e.contains(&format!("pid {}", std::process::id())), "names the holder: {e}");
+        drop(data);
+        prepare_data_dir(&cfg).expect("free again once the holder is gone");
+    }
+
+    /// The largest requests the client codec accepts become entries within
+    /// `CLIENT_ENTRY_BYTES_MAX`, the bound `frame_bytes_max` is validated against.
+    #[test]
+    fn the_largest_client_requests_fit_the_entry_bound() {
+        use bytes::Bytes;
+        use skiff_tuning::config::{CLIENT_ENTRY_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, CLIENT_REQUEST_ELEMENTS_MAX};
+        let total = CLIENT_REQUEST_BYTES_MAX as usize;
+        let elements = CLIENT_REQUEST_ELEMENTS_MAX as usize;
+        // As many strings as allowed, sharing the request's bytes: the most length
+        // prefixes, the most payload.
+        let request = |name: &str, strings: usize| {
+            let mut args = vec![Bytes::copy_from_slice(name.as_bytes())];
+            let each = (total - name.len()) / strings;
+            for i in 0..strings {
+                let len = if i == 0 { total - name.len() - each * (strings - 1) } else { each };
+                args.push(Bytes::from(vec![b'k'; len]));
+            }
+            assert_eq!(args.iter().map(Bytes::len).sum::<usize>(), total);
+            args
+        };
+        let half = total / 2;
+        let set = vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from(vec![b'k'; half]),
+            Bytes::from(vec![b'v'; total - half - 3 - 2]),
+            Bytes::from_static(b"NX"),
+        ];
+        for args in [request("DEL", elements - 1), request("MSET", (elements - 1) & !1), set] {
+            let crate::commands::Action::Write(cmd) = crate::commands::parse(&args) else { panic!("a write") };
+            let entry = cmd.encode(crate::kv::Origin { node: u64::MAX, request: u64::MAX });
+            assert!(
+                entry.len() as u64 <= CLIENT_ENTRY_BYTES_MAX,
+                "{} of {} strings: {} bytes",
+                String::from_utf8_lossy(&args[0]),
+                args.len(),
+                entry.len()
+            );
+        }
     }
 }

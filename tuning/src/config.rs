@@ -26,6 +26,32 @@ pub const FRAME_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Smallest WAL segment: one of the largest appends must fit with room to spare.
 pub const WAL_SEGMENT_BYTES_MIN: u64 = 4 << 20;
+/// Largest WAL segment: the WAL keeps offsets within a segment in a `u32`
+/// (`skiff_wal::format::SEGMENT_BYTES_MAX`; the node checks they agree).
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 1 << 31;
+/// Longest election timeout the Raft engine accepts
+/// (`skiff_engine::config::ELECTION_TICKS_MAX`; the node checks they agree).
+pub const ELECTION_TICKS_MAX: u32 = 1 << 20;
+/// Largest peer frame body the transport can carry: its length is a `u32` on the wire
+/// (`skiff_net::frame::FRAME_BODY_BYTES_MAX_LIMIT`).
+pub const FRAME_BYTES_MAX_LIMIT: u64 = u32::MAX as u64;
+/// Bulk bytes one client request may carry in total (`skiff_net::resp`'s
+/// `RESP_REQUEST_BYTES_MAX_DEFAULT`; the node checks they agree).
+pub const CLIENT_REQUEST_BYTES_MAX: u64 = 8 << 20;
+/// Elements one client request may have (`skiff_net::resp`'s
+/// `RESP_ARRAY_LEN_MAX_DEFAULT`; the node checks they agree).
+pub const CLIENT_REQUEST_ELEMENTS_MAX: u64 = 64 << 10;
+/// Largest log entry one client request becomes: one request is one entry, holding the
+/// request's strings with a 4-byte length each and a fixed header of under 64 bytes
+/// (origin, command tag, counts). The node tests its encoding against this bound.
+pub const CLIENT_ENTRY_BYTES_MAX: u64 = CLIENT_REQUEST_BYTES_MAX + 4 * CLIENT_REQUEST_ELEMENTS_MAX + 64;
+/// Body of a snapshot chunk frame: the application frame tag (4 bytes), the chunk header
+/// (32) and 1 MiB of snapshot (the node checks this against its chunk size).
+pub const SNAPSHOT_CHUNK_FRAME_BYTES: u64 = 4 + 32 + (1 << 20);
+/// Room in a frame for what is not entry payload: message fields and the entry records
+/// (21 bytes per entry, and an append of `max_size_per_msg` bytes counts at least 24 per
+/// entry, so the records never outgrow the payload bytes they replace).
+pub const FRAME_HEADROOM_BYTES: u64 = 64 << 10;
 /// Log bytes since the last snapshot that trigger a new one.
 pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 64 << 20;
 pub const WAL_WRITES_IN_FLIGHT_DEFAULT: u64 = 2;
@@ -134,7 +160,8 @@ pub struct NodeConfig {
     /// Heartbeat interval in ticks. Default 1.
     #[serde(default = "default_heartbeat_ticks")]
     pub heartbeat_ticks: u32,
-    /// Election timeout in ticks. Default 10; must exceed `heartbeat_ticks`.
+    /// Election timeout in ticks. Default 10; must exceed `heartbeat_ticks`; at most
+    /// [`ELECTION_TICKS_MAX`].
     #[serde(default = "default_election_ticks")]
     pub election_ticks: u32,
     /// PreVote before elections. Default true.
@@ -153,11 +180,11 @@ pub struct NodeConfig {
     /// Appends in flight per peer. Default 512.
     #[serde(default = "default_max_inflight_msgs")]
     pub max_inflight_msgs: usize,
-    /// Largest frame accepted from a peer. Default 16 MiB; must exceed
-    /// `max_size_per_msg`.
+    /// Largest frame accepted from a peer. Default 16 MiB; at least
+    /// [`NodeConfig::frame_bytes_min`], at most [`FRAME_BYTES_MAX_LIMIT`].
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u64,
-    /// WAL segment size in bytes. Default 64 MiB; at least 4 MiB, a multiple of 4 KiB.
+    /// WAL segment size in bytes. Default 64 MiB; 4 MiB to 2 GiB, a multiple of 4 KiB.
     #[serde(default = "default_wal_segment_bytes")]
     pub wal_segment_bytes: u64,
     /// Log bytes since the last snapshot that trigger a new one. Default 64 MiB.
@@ -181,10 +208,10 @@ pub struct NodeConfig {
     /// How long a request may wait (for a leader, or to commit). Default 5000 ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Warn when an fdatasync takes longer. Default 100 ms.
+    /// Warn when an fdatasync takes longer. Default 100 ms; 0 never warns.
     #[serde(default = "default_fsync_warn_ms")]
     pub fsync_warn_ms: u64,
-    /// Warn when applying one batch takes longer. Default 100 ms.
+    /// Warn when applying one batch takes longer. Default 100 ms; 0 never warns.
     #[serde(default = "default_apply_warn_ms")]
     pub apply_warn_ms: u64,
 }
@@ -342,6 +369,18 @@ pub fn load(file: Option<&Path>, overrides: toml::Table) -> Result<NodeConfig, C
 }
 
 impl NodeConfig {
+    /// The smallest `frame_bytes_max` this configuration works with: a frame must hold
+    /// an append of `max_size_per_msg` bytes of entries, an append of the single largest
+    /// entry a client request can make (the engine sends an entry larger than
+    /// `max_size_per_msg` alone), each with [`FRAME_HEADROOM_BYTES`] of headers, and a
+    /// snapshot chunk.
+    pub fn frame_bytes_min(&self) -> u64 {
+        self.max_size_per_msg
+            .max(CLIENT_ENTRY_BYTES_MAX)
+            .saturating_add(FRAME_HEADROOM_BYTES)
+            .max(SNAPSHOT_CHUNK_FRAME_BYTES)
+    }
+
     /// This node's peer listen address (its own entry in `cluster`).
     pub fn peer_addr(&self) -> Option<&str> {
         self.cluster.get(&self.id).map(String::as_str)
@@ -424,6 +463,12 @@ impl NodeConfig {
                 self.election_ticks, self.heartbeat_ticks
             )));
         }
+        if self.election_ticks > ELECTION_TICKS_MAX {
+            return Err(err(format!(
+                "election_ticks ({}) must be at most {ELECTION_TICKS_MAX}; 10x heartbeat_ticks is usual",
+                self.election_ticks
+            )));
+        }
         if self.read_mode == ReadModeSetting::Lease && !self.check_quorum {
             return Err(err(
                 "read_mode = \"lease\" requires check_quorum = true (a deposed leader would keep serving reads)",
@@ -435,15 +480,29 @@ impl NodeConfig {
         if self.max_inflight_msgs == 0 {
             return Err(err("max_inflight_msgs must be at least 1"));
         }
-        if self.frame_bytes_max < self.max_size_per_msg + 64 * 1024 {
+        let frame_min = self.frame_bytes_min();
+        if self.frame_bytes_max < frame_min {
             return Err(err(format!(
-                "frame_bytes_max ({}) must exceed max_size_per_msg ({}) by at least 64 KiB of headers",
+                "frame_bytes_max ({}) must be at least {frame_min}: a peer frame carries an append of \
+                 max_size_per_msg ({}) bytes of entries, or one entry as large as a client request can make \
+                 ({CLIENT_ENTRY_BYTES_MAX} bytes), each with {FRAME_HEADROOM_BYTES} bytes of headers, and a snapshot \
+                 chunk ({SNAPSHOT_CHUNK_FRAME_BYTES} bytes); the default is {FRAME_BYTES_MAX_DEFAULT}",
                 self.frame_bytes_max, self.max_size_per_msg
             )));
         }
-        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN || !self.wal_segment_bytes.is_multiple_of(4096) {
+        if self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(err(format!(
-                "wal_segment_bytes ({}) must be at least {WAL_SEGMENT_BYTES_MIN} and a multiple of 4096",
+                "frame_bytes_max ({}) must be at most {FRAME_BYTES_MAX_LIMIT} (a frame's length is 32 bits on the wire)",
+                self.frame_bytes_max
+            )));
+        }
+        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN
+            || self.wal_segment_bytes > WAL_SEGMENT_BYTES_MAX
+            || !self.wal_segment_bytes.is_multiple_of(4096)
+        {
+            return Err(err(format!(
+                "wal_segment_bytes ({}) must be between {WAL_SEGMENT_BYTES_MIN} and {WAL_SEGMENT_BYTES_MAX}, and a \
+                 multiple of 4096",
                 self.wal_segment_bytes
             )));
         }
@@ -575,7 +634,10 @@ mod tests {
             ("election_ticks = 1", "election_ticks"),
             ("read_mode = \"lease\"\ncheck_quorum = false", "check_quorum"),
             ("frame_bytes_max = 1000", "frame_bytes_max"),
+            ("frame_bytes_max = 4294967296", "at most 4294967295"),
             ("wal_segment_bytes = 5000", "wal_segment_bytes"),
+            ("wal_segment_bytes = 4294967296", "between 4194304 and 2147483648"),
+            ("election_ticks = 1048577", "at most 1048576"),
             ("max_clients = 0", "max_clients"),
             ("request_timeout_ms = 0", "request_timeout_ms"),
             ("bootstrap = true\njoin = true", "exclusive"),
@@ -584,6 +646,34 @@ mod tests {
             let e = with(extra).and_then(|c| c.validate(&topo())).expect_err(extra);
             assert!(e.0.contains(needle), "{extra}: error {:?} does not mention {needle:?}", e.0);
         }
+    }
+
+    /// The upper bounds the engine, the WAL and the transport enforce are accepted up to
+    /// and including the bound.
+    #[test]
+    fn upper_bounds_are_inclusive() {
+        let c = with("election_ticks = 1048576\nwal_segment_bytes = 2147483648\nframe_bytes_max = 4294967295").unwrap();
+        assert_eq!(c.validate(&topo()), Ok(()));
+    }
+
+    /// frame_bytes_max must hold the largest client entry, a snapshot chunk, and a full
+    /// append, whichever is largest, with room for headers.
+    #[test]
+    fn frame_bytes_max_must_hold_the_largest_frame() {
+        let min = CLIENT_ENTRY_BYTES_MAX + FRAME_HEADROOM_BYTES;
+        assert!(min > SNAPSHOT_CHUNK_FRAME_BYTES);
+        assert_eq!(with("").unwrap().frame_bytes_min(), min);
+        assert_eq!(with(&format!("frame_bytes_max = {min}")).unwrap().validate(&topo()), Ok(()));
+        // Enough for max_size_per_msg + 64 KiB (the old rule), not for a client's entry.
+        let e = with("frame_bytes_max = 2000000").unwrap().validate(&topo()).unwrap_err().0;
+        assert!(e.contains(&format!("at least {min}")) && e.contains("client request"), "{e}");
+        let e = with(&format!("frame_bytes_max = {}", min - 1)).unwrap().validate(&topo()).unwrap_err().0;
+        assert!(e.contains("frame_bytes_max"), "{e}");
+        // A larger max_size_per_msg raises the bound.
+        let big = 32u64 << 20;
+        let c = with(&format!("max_size_per_msg = {big}\nwal_segment_bytes = {}", 4 * big)).unwrap();
+        assert_eq!(c.frame_bytes_min(), big + FRAME_HEADROOM_BYTES);
+        assert!(c.validate(&topo()).unwrap_err().0.contains("frame_bytes_max"));
     }
 
     /// `KEYS` is exactly the schema: serde lists the expected fields when it meets an

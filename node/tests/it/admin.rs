@@ -188,9 +188,11 @@ fn fake_shard(mut rx: OpsReceiver, seen: std_mpsc::Sender<(u32, Op)>) -> thread:
                     held.push(req);
                     continue;
                 }
-                Op::AddMember { id, addr, learner } => {
-                    OpReply::Done(format!("added {id} at {addr}{}", if *learner { " as a learner" } else { "" }))
-                }
+                Op::AddMember { id, addr, learner } => OpReply::Done(format!(
+                    "added {id} at {}{}",
+                    addr.as_deref().unwrap_or("its configured address"),
+                    if *learner { " as a learner" } else { "" }
+                )),
                 Op::RemoveMember { id } => OpReply::Conflict(format!("a membership change is in progress; {id} stays")),
                 Op::PromoteMember { .. } => OpReply::Unavailable("shutting down".to_string()),
                 Op::SetElectionTimeout { ticks } => OpReply::Failed(format!("cannot log a timeout of {ticks}")),
@@ -491,6 +493,18 @@ fn operations_reach_the_shard_and_its_answers_come_back() {
     assert_eq!(r.json()["detail"], "added 4 at 127.0.0.1:7004 as a learner");
     let r = post(a, "/members/add?id=5&addr=%5B%3A%3A1%5D%3A7005");
     assert_eq!(r.json()["detail"], "added 5 at [::1]:7005");
+    // addr is optional; given for a configured member, it must match the cluster list.
+    let r = post(a, "/members/add?id=6");
+    assert_eq!(r.json()["detail"], "added 6 at its configured address");
+    let r = post(a, "/members/add?id=2&addr=127.0.0.1:7002");
+    assert_eq!(r.json()["detail"], "added 2 at 127.0.0.1:7002");
+    let r = post(a, "/members/add?id=2&addr=127.0.0.1:9999");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("`addr`") && r.body.contains("127.0.0.1:9999") && r.body.contains("127.0.0.1:7002"),
+        "names both addresses: {}",
+        r.body
+    );
     assert_eq!(post(a, "/members/remove?id=3").status, 409);
     assert_eq!(post(a, "/members/promote?id=4").status, 503);
     let r = post(a, "/election-timeout?ticks=20");
@@ -499,8 +513,13 @@ fn operations_reach_the_shard_and_its_answers_come_back() {
 
     drop(seen_tx);
     let received: Vec<(u32, Op)> = seen.try_iter().collect();
-    assert!(received.contains(&(0, Op::AddMember { id: 4, addr: "127.0.0.1:7004".into(), learner: true })));
-    assert!(received.contains(&(0, Op::AddMember { id: 5, addr: "[::1]:7005".into(), learner: false })));
+    assert!(received.contains(&(0, Op::AddMember { id: 4, addr: Some("127.0.0.1:7004".into()), learner: true })));
+    assert!(received.contains(&(0, Op::AddMember { id: 5, addr: Some("[::1]:7005".into()), learner: false })));
+    assert!(received.contains(&(0, Op::AddMember { id: 6, addr: None, learner: false })));
+    assert!(
+        !received.iter().any(|(_, op)| matches!(op, Op::AddMember { addr: Some(a), .. } if a.ends_with(":9999"))),
+        "a mismatched addr never reaches the shard"
+    );
     assert!(received.contains(&(0, Op::RemoveMember { id: 3 })));
     assert!(received.contains(&(0, Op::PromoteMember { id: 4 })));
     assert!(received.contains(&(0, Op::SetElectionTimeout { ticks: 20 })));
@@ -524,7 +543,6 @@ fn bad_parameters_are_400_and_name_the_parameter() {
         ("/transfer-leader?to=2&shard=x", "`shard`"),
         ("/transfer-leader?too=2", "`too`"),
         ("/transfer-leader?to=2&to=3", "`to`"),
-        ("/members/add?id=4", "`addr`"),
         ("/members/add?id=4&addr=nohost", "`addr`"),
         ("/members/add?id=4&addr=h:99999", "`addr`"),
         ("/members/add?id=4&addr=h:1&learner=maybe", "`learner`"),

@@ -60,6 +60,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` founding members with `extra` flags on top of [`TEST_FLAGS`].
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(n, extra);
+        for id in 1..=n {
+            c.launch(id, &["--bootstrap"]);
+        }
+        c
+    }
+
+    /// `n` members with their ports and (not yet created) data directories, none
+    /// started.
+    pub fn new(n: u64, extra: &[&str]) -> Cluster {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "cluster-{}-{}",
             std::process::id(),
@@ -78,11 +88,7 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut c = Cluster { nodes, root, extra: extra.iter().map(|s| s.to_string()).collect() };
-        for id in 1..=n {
-            c.launch(id, &["--bootstrap"]);
-        }
-        c
+        Cluster { nodes, root, extra: extra.iter().map(|s| s.to_string()).collect() }
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -184,6 +190,20 @@ impl Cluster {
         }
     }
 
+    /// The pid of node `id`'s process.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.node(id).child.as_ref().expect("node is running").id()
+    }
+
+    /// Sends `sig` to node `id`'s process without waiting for it.
+    pub fn signal(&self, id: u64, sig: libc::c_int) {
+        let c = self.node(id).child.as_ref().expect("node is running");
+        // SAFETY: the pid is our child, not yet waited for.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, sig);
+        }
+    }
+
     pub fn client(&self, id: u64) -> Resp {
         Resp::connect(&self.node(id).client)
     }
@@ -210,11 +230,6 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s process id (it must be running).
-    pub fn pid(&self, id: u64) -> u32 {
-        self.node(id).child.as_ref().map(|c| c.id()).expect("node is running")
-    }
-
     /// Whether node `id`'s process is running (as far as this harness started it).
     pub fn running(&mut self, id: u64) -> bool {
         let n = &mut self.nodes[(id - 1) as usize];
@@ -228,7 +243,8 @@ impl Cluster {
         }
     }
 
-    /// Waits for node `id`'s process to exit on its own; its exit status.
+    /// Waits up to `within` for node `id`'s process to exit on its own; its status, or
+    /// `None` if it still runs (it is left running) or was not running.
     pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         let n = &mut self.nodes[(id - 1) as usize];
