@@ -10,12 +10,12 @@ use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use log::debug;
-use skiff_net::{RequestDecoder, RespLimits};
+use skiff_net::{RequestDecoder, RespError, RespLimits};
 
 use std::time::Instant;
 
 use crate::commands::Reply;
-use crate::metrics::Command;
+use crate::metrics::{Command, RejectReason};
 use crate::shard::{Pending, Shard};
 
 /// Bytes read from a client per read call.
@@ -93,6 +93,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    if matches!(e, RespError::RequestTooLarge(_) | RespError::InlineTooLong) {
+                        shard.record_request_rejected(RejectReason::TooLarge);
+                    }
                     protocol_error = Some(e);
                     break;
                 }

@@ -45,9 +45,11 @@ const _: () =
     assert!(skiff_tuning::config::CLIENT_REQUEST_BYTES_MAX == skiff_net::resp::RESP_REQUEST_BYTES_MAX_DEFAULT as u64);
 const _: () =
     assert!(skiff_tuning::config::CLIENT_REQUEST_ELEMENTS_MAX == skiff_net::resp::RESP_ARRAY_LEN_MAX_DEFAULT as u64);
-// A snapshot chunk frame: the app frame's tag, the chunk header (32 bytes), the chunk.
-const _: () =
-    assert!(skiff_tuning::config::SNAPSHOT_CHUNK_FRAME_BYTES >= 4 + 32 + crate::shard::SNAPSHOT_CHUNK_BYTES as u64);
+// A snapshot chunk frame: the app frame's tag, the chunk header, the chunk.
+const _: () = assert!(
+    skiff_tuning::config::SNAPSHOT_CHUNK_FRAME_BYTES
+        >= 4 + crate::shard::SNAPSHOT_CHUNK_HEADER_BYTES as u64 + crate::shard::SNAPSHOT_CHUNK_BYTES as u64
+);
 
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,9 @@ use skiff_engine::{
     RequestError, Role, SnapshotMeta, Storage,
 };
 use skiff_net::{AppFrame, Inbound, Lane, Transport, TransportConfig};
-use skiff_wal::{Append, Completion, FileSystem, Identity, IoTiming, Wal, WalError, WalOptions, WalStorage};
+use skiff_wal::{
+    Append, Completion, FileSystem, Identity, IoTiming, RECORD_HEADER_BYTES, Wal, WalError, WalOptions, WalStorage,
+};
 
 use crate::admin::{Op, OpReply, OpRequest, OpsReceiver};
 use crate::commands::{self, Action, Read, Reply};
@@ -53,10 +55,33 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Application frame tag of a snapshot chunk.
 pub const APP_SNAPSHOT_CHUNK: u32 = 1;
 /// Header of a snapshot chunk frame: index, term, offset, total bytes (u64 LE each).
-const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 32;
+pub const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 32;
 /// How long a stopping shard lets in-flight writes finish before failing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often a shard publishes its status for the admin port.
+/// Room kept in each WAL batch for what rides along with the entries: the batch
+/// header, the preamble records a new segment starts with, the hard state, snapshot
+/// markers, and padding to the block size.
+const APPEND_SLACK_BYTES: usize = 64 * 1024;
+
+/// Splits `entries` into consecutive ranges of at most `budget` encoded bytes each
+/// (an entry costs its data plus a record header); always at least one range, and an
+/// entry larger than the budget gets a range of its own.
+fn split_entries(entries: &[Entry], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, e) in entries.iter().enumerate() {
+        let cost = e.data.len() + RECORD_HEADER_BYTES;
+        if i > start && bytes + cost > budget {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += cost;
+    }
+    out.push(start..entries.len());
+    out
+}
+
 const _: () = assert!(skiff_tuning::config::WAL_WRITES_IN_FLIGHT_MAX <= skiff_wal::APPENDS_IN_FLIGHT_MAX);
 
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
@@ -203,6 +228,9 @@ pub struct Shard {
     st: RefCell<State>,
     wake: Notify,
     wal: Wal<WalFs>,
+    /// Entry bytes (with record headers) one WAL append may carry: a Ready with more is
+    /// written as several appends, and a single entry larger than this is refused.
+    append_budget: usize,
     storage: LogStorage,
     transport: Transport,
     snapdir: SnapshotDir,
@@ -237,6 +265,7 @@ impl Shard {
             Identity { cluster_id: p.cluster_id, shard_id: u64::from(p.shard), node_id: p.node_id },
         );
         opts.segment_bytes = p.wal_segment_bytes;
+        let append_budget = opts.batch_bytes_max().saturating_sub(APPEND_SLACK_BYTES);
         let wal = Wal::open(WalFs::default(), opts).await?;
         if let Some(t) = &wal.open_report().torn_tail {
             warn!("shard {}: dropped a torn write at the tail of the WAL ({t:?}); it was never acknowledged", p.shard);
@@ -324,6 +353,7 @@ impl Shard {
             st: RefCell::new(st),
             wake: Notify::default(),
             wal,
+            append_budget,
             storage,
             transport,
             snapdir,
@@ -354,6 +384,11 @@ impl Shard {
         true
     }
 
+    /// A request refused before it reached the shard (the client codec's size caps).
+    pub fn record_request_rejected(&self, reason: RejectReason) {
+        self.st.borrow_mut().metrics.record_proposal_rejected(reason);
+    }
+
     pub fn client_gone(&self) {
         self.st.borrow_mut().clients -= 1;
     }
@@ -366,6 +401,10 @@ impl Shard {
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         if st.stopping && matches!(action, Action::Write(_) | Action::Read(_)) {
+            match action {
+                Action::Write(_) => st.metrics.record_proposal_rejected(RejectReason::ShuttingDown),
+                _ => st.metrics.record_read_rejected(RejectReason::ShuttingDown),
+            }
             return Pending::Done(Reply::err("ERR the node is shutting down"));
         }
         match action {
@@ -378,8 +417,17 @@ impl Shard {
                     return Pending::Done(Reply::err("OVERLOADED too many writes in flight; retry later"));
                 }
                 let id = st.next_request;
-                st.next_request += 1;
                 let entry = Entry::new(cmd.encode(Origin { node: self.p.node_id, request: id }));
+                let size = entry.data.len() + RECORD_HEADER_BYTES;
+                if size > self.append_budget {
+                    st.metrics.record_proposal_rejected(RejectReason::TooLarge);
+                    return Pending::Done(Reply::err(format!(
+                        "ERR write too large: it encodes to {size} bytes, more than the {} one log entry may hold \
+                         (raise wal_segment_bytes, up to an 8 MiB batch)",
+                        self.append_budget
+                    )));
+                }
+                st.next_request += 1;
                 let slot = Rc::new(Slot::default());
                 let deadline = now + self.p.request_timeout;
                 st.queued_writes.push((id, entry));
@@ -474,6 +522,13 @@ impl Shard {
                 let idle = self.st.borrow().writes.is_empty();
                 if idle || now >= until {
                     self.fail_all("ERR the node stopped before this request completed; its outcome is unknown");
+                    // Whatever was submitted (votes, founding entries, appends a
+                    // follower may have been promised) becomes durable before the
+                    // process exits, whether or not the WAL itself gets closed.
+                    while self.wal.in_flight() > 0 {
+                        let c = self.wal.next_completion().await.map_err(|e| self.fatal(e))?;
+                        self.completed(&mut self.st.borrow_mut(), c);
+                    }
                     return Ok(());
                 }
             }
@@ -752,14 +807,25 @@ impl Shard {
         Ok(())
     }
 
-    /// Proposes every queued write in one batch and asks for every queued read's
-    /// index, if a leader is known; otherwise they wait (until their deadline).
+    /// Proposes every queued write, in batches of at most `max_size_per_msg` bytes (a
+    /// follower relays each batch as one message, which must fit in a frame), and
+    /// asks for every queued read's index, if a leader is known; otherwise they wait
+    /// (until their deadline).
     fn propose_queued(&self, st: &mut State) {
         if st.node.leader() == 0 {
             return;
         }
-        if !st.queued_writes.is_empty() {
-            let batch = std::mem::take(&mut st.queued_writes);
+        let mut queued = std::mem::take(&mut st.queued_writes).into_iter().peekable();
+        while queued.peek().is_some() {
+            let mut bytes = 0usize;
+            let mut batch = Vec::new();
+            while let Some((_, e)) = queued.peek() {
+                if !batch.is_empty() && bytes + e.data.len() > self.p.engine.max_size_per_msg as usize {
+                    break;
+                }
+                bytes += e.data.len();
+                batch.push(queued.next().expect("peeked"));
+            }
             let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
             let entries: Vec<Entry> = batch.into_iter().map(|(_, e)| e).collect();
             match st.node.propose_batch(entries) {
@@ -887,22 +953,35 @@ impl Shard {
                     (st.pending_compaction.take(), rd.hard_state.or(unwritten))
                 };
                 let install = rd.snapshot.as_ref().map(|s| s.meta.clone());
-                let append = Append {
-                    tag: rd.number(),
-                    install: install.as_ref(),
-                    entries: &rd.entries,
-                    hard_state,
-                    compact: compaction.as_ref().map(|(m, _)| m),
-                    must_sync: rd.must_sync,
-                };
-                self.make_room().await?;
-                self.trace(|| TraceEvent::WalSubmitted {
-                    tag: rd.number(),
-                    last: rd.entries.last().map(|e| (e.index, e.term)),
-                    hard_state,
-                    snapshot: install.as_ref().map(|m| m.index),
-                });
-                let seq = self.wal.submit(&append).await?;
+                // One append per WAL batch: a Ready holding more entries than a batch
+                // can take (many large writes at once) is written as several appends.
+                // Only the last carries this Ready's number, the hard state and any
+                // compaction; the earlier ones repeat the previous number, whose
+                // completion reports nothing new. The snapshot install goes first.
+                let chunks = split_entries(&rd.entries, self.append_budget);
+                let last_chunk = chunks.len() - 1;
+                let mut seq = 0;
+                for (i, range) in chunks.into_iter().enumerate() {
+                    let last = i == last_chunk;
+                    let tag = if last { rd.number() } else { self.st.borrow().last_ready };
+                    let entries = &rd.entries[range];
+                    let append = Append {
+                        tag,
+                        install: if i == 0 { install.as_ref() } else { None },
+                        entries,
+                        hard_state: if last { hard_state } else { None },
+                        compact: if last { compaction.as_ref().map(|(m, _)| m) } else { None },
+                        must_sync: true,
+                    };
+                    self.make_room().await?;
+                    self.trace(|| TraceEvent::WalSubmitted {
+                        tag,
+                        last: entries.last().map(|e| (e.index, e.term)),
+                        hard_state: append.hard_state,
+                        snapshot: append.install.map(|m| m.index),
+                    });
+                    seq = self.wal.submit(&append).await?;
+                }
                 let mut st = self.st.borrow_mut();
                 st.last_ready = rd.number();
                 if let Some((m, desc)) = compaction {
@@ -1277,5 +1356,40 @@ pub async fn serve_client(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard").field("node", &self.p.node_id).field("shard", &self.p.shard).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(sizes: &[usize]) -> Vec<Entry> {
+        sizes.iter().map(|&n| Entry::new(Bytes::from(vec![0u8; n]))).collect()
+    }
+
+    #[test]
+    fn entries_split_into_batches_within_the_budget() {
+        let h = RECORD_HEADER_BYTES;
+        assert_eq!(split_entries(&[], 100), vec![0..0]);
+        assert_eq!(split_entries(&entries(&[10, 10, 10]), 1000), vec![0..3]);
+        // Two fit exactly; the third starts a new batch.
+        let e = entries(&[50 - h, 50 - h, 1]);
+        assert_eq!(split_entries(&e, 100), vec![0..2, 2..3]);
+        // An entry over the budget goes alone (the caller refuses such entries).
+        let e = entries(&[10, 500, 10]);
+        assert_eq!(split_entries(&e, 100), vec![0..1, 1..2, 2..3]);
+        // Every range is within the budget unless it holds a single entry.
+        let sizes: Vec<usize> = (0..200).map(|i| (i * 37) % 90).collect();
+        let e = entries(&sizes);
+        let ranges = split_entries(&e, 300);
+        assert_eq!(ranges.first().unwrap().start, 0);
+        assert_eq!(ranges.last().unwrap().end, e.len());
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        for r in ranges {
+            let bytes: usize = e[r.clone()].iter().map(|x| x.data.len() + h).sum();
+            assert!(bytes <= 300 || r.len() == 1, "{r:?}: {bytes}");
+        }
     }
 }

@@ -38,7 +38,7 @@ pub mod sim;
 pub mod wal;
 
 pub use error::WalError;
-pub use format::{APPENDS_IN_FLIGHT_MAX, Identity};
+pub use format::{APPENDS_IN_FLIGHT_MAX, Identity, RECORD_HEADER_BYTES};
 pub use fs::{DmaFs, FileSystem, WalFile};
 pub use log::WalStorage;
 pub use recovery::TornTail;

@@ -97,7 +97,8 @@ impl WalOptions {
         Ok(())
     }
 
-    fn batch_bytes_max(&self) -> usize {
+    /// The largest encoded append (one batch) these options allow.
+    pub fn batch_bytes_max(&self) -> usize {
         BATCH_BYTES_MAX.min((self.segment_bytes - SEGMENT_DATA_OFFSET_BYTES) as usize)
     }
 }
