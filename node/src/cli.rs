@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// WAL appends not yet durable before the shard stops taking new batches (1..=8, default 2).
     #[arg(long)]
     pub wal_writes_in_flight: Option<u64>,
+    /// How the WAL makes an append durable: dsync (one O_DSYNC write per append, several
+    /// in flight; default) or fdatasync (write, then fdatasync).
+    #[arg(long)]
+    pub wal_sync: Option<String>,
     /// Client connections open at once (default 10000).
     #[arg(long)]
     pub max_clients: Option<usize>,
@@ -179,6 +183,7 @@ impl ServeArgs {
         put_int(&mut t, "wal_segment_bytes", self.wal_segment_bytes)?;
         put_int(&mut t, "snapshot_log_bytes", self.snapshot_log_bytes)?;
         put_int(&mut t, "wal_writes_in_flight", self.wal_writes_in_flight)?;
+        put(&mut t, "wal_sync", self.wal_sync.clone());
         put_int(&mut t, "max_clients", self.max_clients)?;
         put_int(&mut t, "max_pending_proposals", self.max_pending_proposals)?;
         put_int(&mut t, "max_pending_reads", self.max_pending_reads)?;

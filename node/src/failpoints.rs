@@ -522,6 +522,22 @@ mod fs {
             Ok(())
         }
 
+        /// An `O_DSYNC` write is the write and its flush at once: both "before" points
+        /// fire before it, both "after" points once it is durable, and an injected
+        /// fdatasync failure fails it after the bytes were written (durable or not: the
+        /// WAL must not acknowledge it either way).
+        async fn write_durable_at(&self, buf: Self::Buffer, pos: u64) -> io::Result<()> {
+            crash_point(CrashPoint::WalBeforeWrite);
+            crash_point(CrashPoint::WalBeforeFsync);
+            self.0.write_durable_at(buf, pos).await?;
+            if fail_fsync() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            crash_point(CrashPoint::WalAfterWrite);
+            crash_point(CrashPoint::WalAfterFsync);
+            Ok(())
+        }
+
         async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
             self.0.read_at(pos, len).await
         }

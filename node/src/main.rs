@@ -10,6 +10,12 @@ use skiff_node::cli::{Cli, Command};
 use skiff_node::{local, logging, server};
 use skiff_tuning::Topology;
 
+/// mimalloc instead of glibc's allocator: the shard allocates and frees small buffers
+/// at a high rate (receive probes, entries, replies), and glibc's heap trimming made
+/// those allocations fault fresh pages in again and again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     logging::init();

@@ -496,6 +496,8 @@ impl HeartbeatDetector {
 pub enum SlowKind {
     /// One WAL fdatasync.
     Fsync,
+    /// One WAL `O_DSYNC` write (`wal_sync = "dsync"`): the write and its flush.
+    DurableWrite,
     /// Applying one batch of committed entries.
     Apply,
 }
@@ -505,6 +507,7 @@ impl SlowKind {
     pub fn histograms(self) -> &'static [&'static str] {
         match self {
             SlowKind::Fsync => &["wal_fsync", "wal_batch_bytes"],
+            SlowKind::DurableWrite => &["wal_write", "wal_batch_bytes"],
             SlowKind::Apply => &["apply_batch", "commit_to_apply"],
         }
     }
@@ -523,6 +526,7 @@ impl fmt::Display for SlowWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, cause) = match self.kind {
             SlowKind::Fsync => ("WAL fdatasync", "the disk is slow or saturated"),
+            SlowKind::DurableWrite => ("WAL durable (O_DSYNC) write", "the disk is slow or saturated"),
             SlowKind::Apply => {
                 ("applying a batch of committed entries", "the state machine is slow or the CPU starved")
             }
@@ -842,6 +846,19 @@ impl ShardMetrics {
         self.fixed_mut(HistogramKey::WalWrite).record(micros(took));
         self.fixed_mut(HistogramKey::WalBatchEntries).record(entries);
         self.fixed_mut(HistogramKey::WalBatchBytes).record(bytes);
+    }
+
+    /// One `O_DSYNC` WAL write (`wal_sync = "dsync"`), durable when it completed: a
+    /// write and its sync at once. It is recorded in the write histograms, counted as a
+    /// sync, and checked against the fdatasync threshold.
+    pub fn record_wal_durable_write(&mut self, entries: u64, bytes: u64, took: Duration) -> Option<SlowWarning> {
+        self.record_wal_write(entries, bytes, took);
+        self.counters.wal_fsyncs += 1;
+        let warning = SlowDetector { kind: SlowKind::DurableWrite, ..self.slow_fsync }.check(took);
+        if warning.is_some() {
+            self.counters.slow_fsyncs += 1;
+        }
+        warning
     }
 
     /// One fdatasync that took `took`. Returns the warning to log (`warn!`) when it was

@@ -13,7 +13,7 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use skiff_engine::ReadMode;
-use skiff_tuning::{NodeConfig, ReadModeSetting, Topology};
+use skiff_tuning::{NodeConfig, ReadModeSetting, Topology, WalSyncSetting};
 use skiff_wal::{DmaFs, FileSystem};
 
 use crate::admin::{AdminHandle, AdminServer, ops_channel};
@@ -400,6 +400,10 @@ pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, Start
         frame_bytes_max: cfg.frame_bytes_max as usize,
         snapshot_log_bytes: cfg.snapshot_log_bytes,
         wal_writes_in_flight: cfg.wal_writes_in_flight,
+        wal_sync: match cfg.wal_sync {
+            WalSyncSetting::Dsync => skiff_wal::SyncMode::Dsync,
+            WalSyncSetting::Fdatasync => skiff_wal::SyncMode::Fdatasync,
+        },
         max_clients: cfg.max_clients,
         max_pending_proposals: cfg.max_pending_proposals,
         max_pending_reads: cfg.max_pending_reads,

@@ -119,6 +119,8 @@ pub struct ShardParams {
     pub snapshot_log_bytes: u64,
     /// Appends not yet durable before the loop stops taking Readies (1..=8).
     pub wal_writes_in_flight: u64,
+    /// How the WAL makes appends durable.
+    pub wal_sync: skiff_wal::SyncMode,
     pub max_clients: usize,
     pub max_pending_proposals: usize,
     pub max_pending_reads: usize,
@@ -265,6 +267,7 @@ impl Shard {
             Identity { cluster_id: p.cluster_id, shard_id: u64::from(p.shard), node_id: p.node_id },
         );
         opts.segment_bytes = p.wal_segment_bytes;
+        opts.sync = p.wal_sync;
         let append_budget = opts.batch_bytes_max().saturating_sub(APPEND_SLACK_BYTES);
         let wal = Wal::open(WalFs::default(), opts).await?;
         if let Some(t) = &wal.open_report().torn_tail {
@@ -661,6 +664,11 @@ impl Shard {
                 IoTiming::Write { entries, bytes, took } => st.metrics.record_wal_write(entries, bytes, took),
                 IoTiming::Fsync { took } => {
                     if let Some(w) = st.metrics.record_wal_fsync(took) {
+                        warn!("shard {}: {w}", self.p.shard);
+                    }
+                }
+                IoTiming::DurableWrite { entries, bytes, took } => {
+                    if let Some(w) = st.metrics.record_wal_durable_write(entries, bytes, took) {
                         warn!("shard {}: {w}", self.p.shard);
                     }
                 }

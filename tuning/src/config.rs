@@ -95,6 +95,7 @@ pub const KEYS: &[&str] = &[
     "wal_segment_bytes",
     "snapshot_log_bytes",
     "wal_writes_in_flight",
+    "wal_sync",
     "max_clients",
     "max_pending_proposals",
     "max_pending_reads",
@@ -112,6 +113,18 @@ pub enum ReadModeSetting {
     Safe,
     /// Leader lease (requires `check_quorum`).
     Lease,
+}
+
+/// How the WAL makes an append durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSyncSetting {
+    /// Each append is one `O_DSYNC` write (write and cache flush in one operation);
+    /// several are in flight at once and the device merges their flushes.
+    #[default]
+    Dsync,
+    /// A plain write, then an `fdatasync`; the next write overlaps the previous sync.
+    Fdatasync,
 }
 
 /// A node's configuration. Keys are the TOML keys and the flag names (`--key`, with
@@ -196,6 +209,10 @@ pub struct NodeConfig {
     /// write where the CPU rather than the disk is the limit. 1..=8.
     #[serde(default = "default_wal_writes_in_flight")]
     pub wal_writes_in_flight: u64,
+    /// How an append is made durable: `"dsync"` (default: one O_DSYNC write per
+    /// append, several in flight) or `"fdatasync"` (write, then fdatasync).
+    #[serde(default)]
+    pub wal_sync: WalSyncSetting,
     /// Client connections accepted at once. Default 10000.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,

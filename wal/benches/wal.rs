@@ -1,17 +1,31 @@
 //! WAL throughput and latency against the physical limit, side by side in one run:
-//! a raw io_uring O_DIRECT write + fdatasync loop on a pre-written file, and the WAL
-//! appending batches that make writes of the same size; each sequential (one append
-//! at a time) and pipelined (the next write in flight while the previous fdatasync
-//! runs: at most two appends unacknowledged).
+//! raw io_uring O_DIRECT write loops on a pre-written file, and the WAL appending
+//! batches that make writes of the same size.
+//!
+//! Each is measured both ways of making a write durable and two ways of waiting:
+//! - `fdatasync` `sequential`: write, fdatasync, next (one append at a time);
+//! - `fdatasync` `pipelined`: the next write in flight while the previous fdatasync
+//!   runs (at most two appends unacknowledged);
+//! - `dsync` `sequential`: one `O_DSYNC` write at a time (write and flush in one);
+//! - `dsync` `pipelined`: two `O_DSYNC` writes in flight.
+//!
+//! The raw loops come twice: `raw` writes one untouched buffer again and again (the
+//! device's limit); `raw+copy` first copies the batch's bytes into the aligned buffer
+//! from ordinary memory, the least any O_DIRECT log does for new data (on the
+//! development VM, touching 1 MiB of the buffer before each write costs as much as a
+//! fifth of a 1 MiB write's time).
 //!
 //! Run: `cargo bench -p skiff-wal`. Environment: `SKIFF_WAL_BENCH_SECS` (seconds per
-//! case and mode, split over alternating rounds; default 5), `SKIFF_WAL_BENCH_CPU` (CPU to pin to, default the
-//! last), `SKIFF_WAL_BENCH_CASE` (one case only, e.g. `4KiB`), `SKIFF_WAL_BENCH_DIR`
-//! (directory on a disk file system with O_DIRECT; default under target/),
-//! `SKIFF_WAL_BENCH_SEGMENT_BYTES` (segment size; default the WAL's),
+//! case, mode and implementation, split over alternating rounds; default 3),
+//! `SKIFF_WAL_BENCH_CPU` (CPU to pin to, default the last), `SKIFF_WAL_BENCH_CASE` (one
+//! case only, e.g. `4KiB`), `SKIFF_WAL_BENCH_SYNC` (`dsync` or `fdatasync` only),
+//! `SKIFF_WAL_BENCH_DIR` (directory on a disk file system with O_DIRECT; default under
+//! target/), `SKIFF_WAL_BENCH_SEGMENT_BYTES` (segment size; default the WAL's),
 //! `SKIFF_WAL_BENCH_RAW_OFFSET` (bytes added to every raw write offset, a multiple of
-//! 4096: 4096 puts the raw writes where the WAL's land relative to their size). Prints one row per case, mode and
-//! implementation, then `wal_vs_raw_ratio=X` (WAL appends/s over raw appends/s).
+//! 4096: 4096 puts the raw writes where the WAL's land relative to their size). Prints
+//! one row per case, mode and implementation, then `wal_vs_raw_ratio=X` (WAL appends/s
+//! over raw appends/s, same sync and mode) and `wal_vs_rawcopy_ratio=Y` (over
+//! `raw+copy`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -23,7 +37,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement};
 use skiff_engine::{Entry, EntryKind, HardState, SnapshotMeta, Storage};
 use skiff_wal::format::{BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, round_up_block};
-use skiff_wal::{Append, DmaFs, Identity, Wal, WalOptions};
+use skiff_wal::{Append, DmaFs, Identity, SyncMode, Wal, WalOptions};
 
 /// Appends at most this many at once unacknowledged in pipelined mode: one being
 /// written while the previous one is being synced (RUNTIME-NOTES).
@@ -37,8 +51,10 @@ const RAW_FILE_BYTES: u64 = 64 << 20;
 const BENCH_SPARES: usize = 3;
 /// Compact every this many appends, keeping the last ones.
 const COMPACT_EVERY_APPENDS: u64 = 64;
-/// Alternating raw/WAL rounds per case and mode; the median round is reported.
+/// Alternating raw/raw+copy/WAL rounds per case and mode; the median round is reported.
 const ROUNDS: usize = 5;
+/// Default seconds per case, mode and implementation.
+const SECS_DEFAULT: f64 = 3.0;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -95,7 +111,7 @@ impl Stats {
         self.lat_ns[i] as f64 / 1000.0
     }
 
-    fn row(&mut self, case: &Case, mode: Mode, what: &str) {
+    fn row(&mut self, case: &Case, label: &str, what: &str) {
         let (p50, p99, p999) = (self.pct_us(0.50), self.pct_us(0.99), self.pct_us(0.999));
         let submit = if self.submit_ns.is_empty() {
             String::new()
@@ -104,9 +120,9 @@ impl Stats {
             format!(" submit_p50_us={:.1}", self.submit_ns[self.submit_ns.len() / 2] as f64 / 1000.0)
         };
         println!(
-            "{:<10} {:<10} {:<4} appends/s={:>9.0} MB/s={:>8.1} entries/s={:>10.0} p50_us={:>7.1} p99_us={:>7.1} p99.9_us={:>7.1}{submit}",
+            "{:<10} {:<20} {:<8} appends/s={:>9.0} MB/s={:>8.1} entries/s={:>10.0} p50_us={:>7.1} p99_us={:>7.1} p99.9_us={:>7.1}{submit}",
             case.name,
-            format!("{mode:?}").to_lowercase(),
+            label,
             what,
             self.per_sec(self.appends),
             self.per_sec(self.bytes) / 1e6,
@@ -118,12 +134,18 @@ impl Stats {
     }
 }
 
-/// The physical limit: one aligned buffer written again and again with
-/// `DmaFile::write_rc_at` over a pre-written region and made durable with `fdatasync`.
+/// The physical limit: aligned buffers written again and again over a pre-written
+/// region with `DmaFile::write_rc_at`, made durable by `fdatasync` or by opening the
+/// file `O_DSYNC`.
 struct Raw {
     path: PathBuf,
     file: Rc<DmaFile>,
-    buf: Rc<DmaBuffer>,
+    /// The same file opened `O_DSYNC`.
+    dsync: Rc<DmaFile>,
+    /// One buffer per write that can be in flight, plus one being filled.
+    bufs: Vec<Rc<DmaBuffer>>,
+    /// What `raw+copy` copies into a buffer before each write.
+    source: Vec<u8>,
     slots: u64,
     next: u64,
     case: Case,
@@ -147,37 +169,66 @@ impl Raw {
             at += chunk as u64;
         }
         file.fdatasync().await.expect("fdatasync");
+        let dsync = Rc::new(
+            OpenOptions::new().write(true).custom_flags(libc::O_DSYNC).dma_open(&path).await.expect("open O_DSYNC"),
+        );
         let len = case.write_bytes();
-        let mut buf = file.alloc_dma_buffer(len);
-        buf.as_bytes_mut().fill(0x5A);
+        let bufs = (0..=PIPELINE_DEPTH)
+            .map(|_| {
+                let mut buf = file.alloc_dma_buffer(len);
+                buf.as_bytes_mut().fill(0x5A);
+                Rc::new(buf)
+            })
+            .collect();
         // A diagnostic: WAL batches start 4 KiB after a multiple of their size (the
         // segment header block), and some devices care about alignment.
         let shift_bytes: u64 =
             setting("SKIFF_WAL_BENCH_RAW_OFFSET").map_or(0, |s| s.parse().expect("SKIFF_WAL_BENCH_RAW_OFFSET"));
         assert!(shift_bytes.is_multiple_of(BLOCK_BYTES as u64) && shift_bytes < len as u64);
-        Raw { path, file, buf: Rc::new(buf), slots: RAW_FILE_BYTES / len as u64 - 1, next: 0, case, shift_bytes }
+        let source = (0..len).map(|i| (i * 31) as u8).collect();
+        Raw { path, file, dsync, bufs, source, slots: RAW_FILE_BYTES / len as u64 - 1, next: 0, case, shift_bytes }
     }
 
-    async fn round(&mut self, mode: Mode, secs: f64) -> Stats {
+    /// The next write's buffer and offset; with `copy`, the batch's bytes are copied in
+    /// first (a buffer is only reused once its write has finished).
+    fn next_write(&mut self, copy: bool) -> (Rc<DmaBuffer>, u64) {
+        let len = self.case.write_bytes() as u64;
+        let off = self.shift_bytes + (self.next % self.slots) * len;
+        let i = (self.next % self.bufs.len() as u64) as usize;
+        self.next += 1;
+        if copy {
+            let stamp = self.next as u8;
+            let buf = Rc::get_mut(&mut self.bufs[i]).expect("buffer reused only after its write");
+            buf.as_bytes_mut().copy_from_slice(&self.source);
+            buf.as_bytes_mut()[0] = stamp;
+        }
+        (self.bufs[i].clone(), off)
+    }
+
+    async fn round(&mut self, sync: SyncMode, mode: Mode, copy: bool, secs: f64) -> Stats {
         let len = self.case.write_bytes() as u64;
         let mut lat = Vec::new();
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(secs);
         let mut n = 0u64;
-        let mut prev: Option<(glommio::task::JoinHandle<()>, Instant)> = None;
+        let mut in_flight: VecDeque<(glommio::task::JoinHandle<()>, Instant)> = VecDeque::new();
+        let window = match mode {
+            Mode::Sequential => 1,
+            Mode::Pipelined => PIPELINE_DEPTH,
+        };
         while Instant::now() < deadline {
             let t0 = Instant::now();
-            let off = self.shift_bytes + (self.next % self.slots) * len;
-            self.next += 1;
-            self.file.write_rc_at(self.buf.clone(), off).await.expect("raw write");
-            match mode {
-                Mode::Sequential => {
+            let (buf, off) = self.next_write(copy);
+            match (sync, mode) {
+                (SyncMode::Fdatasync, Mode::Sequential) => {
+                    self.file.write_rc_at(buf, off).await.expect("raw write");
                     self.file.fdatasync().await.expect("raw fdatasync");
                     lat.push(t0.elapsed().as_nanos() as u64);
                 }
-                Mode::Pipelined => {
+                (SyncMode::Fdatasync, Mode::Pipelined) => {
+                    self.file.write_rc_at(buf, off).await.expect("raw write");
                     // fdatasync i runs while write i + 1 is issued; syncs stay in order.
-                    if let Some((h, t)) = prev.take() {
+                    if let Some((h, t)) = in_flight.pop_front() {
                         h.await;
                         lat.push(t.elapsed().as_nanos() as u64);
                     }
@@ -186,12 +237,26 @@ impl Raw {
                         f.fdatasync().await.expect("raw fdatasync");
                     })
                     .detach();
-                    prev = Some((h, t0));
+                    in_flight.push_back((h, t0));
+                }
+                (SyncMode::Dsync, _) => {
+                    // Up to `window` durable writes in flight; completions taken in order.
+                    if in_flight.len() >= window {
+                        let (h, t) = in_flight.pop_front().expect("window is at least 1");
+                        h.await;
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    let f = self.dsync.clone();
+                    let h = glommio::spawn_local(async move {
+                        f.write_rc_at(buf, off).await.expect("raw O_DSYNC write");
+                    })
+                    .detach();
+                    in_flight.push_back((h, t0));
                 }
             }
             n += 1;
         }
-        if let Some((h, t)) = prev.take() {
+        while let Some((h, t)) = in_flight.pop_front() {
             h.await;
             lat.push(t.elapsed().as_nanos() as u64);
         }
@@ -206,6 +271,7 @@ impl Raw {
     }
 
     async fn close(self) {
+        self.dsync.close_rc().await.expect("close");
         self.file.close_rc().await.expect("close");
         let _ = std::fs::remove_file(&self.path);
     }
@@ -222,11 +288,12 @@ struct WalBench {
 }
 
 impl WalBench {
-    async fn new(dir: &Path, case: Case) -> WalBench {
+    async fn new(dir: &Path, case: Case, sync: SyncMode) -> WalBench {
         let dir = dir.join("wal");
         let _ = std::fs::remove_dir_all(&dir);
         let mut opts = WalOptions::new(&dir, Identity { cluster_id: 1, shard_id: 0, node_id: 1 });
         opts.spare_segments = BENCH_SPARES;
+        opts.sync = sync;
         if let Some(b) = setting("SKIFF_WAL_BENCH_SEGMENT_BYTES") {
             opts.segment_bytes = b.parse().expect("SKIFF_WAL_BENCH_SEGMENT_BYTES");
         }
@@ -318,7 +385,7 @@ fn setting(name: &str) -> Option<String> {
 }
 
 fn main() {
-    let secs: f64 = setting("SKIFF_WAL_BENCH_SECS").map_or(5.0, |s| s.parse().expect("SKIFF_WAL_BENCH_SECS"));
+    let secs: f64 = setting("SKIFF_WAL_BENCH_SECS").map_or(SECS_DEFAULT, |s| s.parse().expect("SKIFF_WAL_BENCH_SECS"));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The disk's completion interrupt is handled on the last CPU here (RUNTIME-NOTES).
     let cpu: usize = setting("SKIFF_WAL_BENCH_CPU").map_or(cpus - 1, |s| s.parse().expect("SKIFF_WAL_BENCH_CPU"));
@@ -326,6 +393,10 @@ fn main() {
         || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("wal-bench-{}", std::process::id())),
         PathBuf::from,
     );
+    let syncs: Vec<SyncMode> = match setting("SKIFF_WAL_BENCH_SYNC") {
+        Some(s) => vec![SyncMode::from_name(&s).expect("SKIFF_WAL_BENCH_SYNC: dsync or fdatasync")],
+        None => vec![SyncMode::Dsync, SyncMode::Fdatasync],
+    };
     std::fs::create_dir_all(&dir).expect("bench dir");
     println!(
         "skiff-wal bench: dir={} cpu={cpu} secs_per_case={secs} block={BLOCK_BYTES} pipeline_depth={PIPELINE_DEPTH}",
@@ -338,26 +409,34 @@ fn main() {
         .spawn(move || async move {
             for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|o| o == c.name)) {
                 let mut raw = Raw::new(&d, *case).await;
-                let mut wal = WalBench::new(&d, *case).await;
-                for mode in [Mode::Sequential, Mode::Pipelined] {
-                    let (mut rs, mut ws) = (Vec::new(), Vec::new());
-                    for _ in 0..ROUNDS {
-                        rs.push(raw.round(mode, secs / ROUNDS as f64).await);
-                        ws.push(wal.round(mode, secs / ROUNDS as f64).await);
+                for &sync in &syncs {
+                    let mut wal = WalBench::new(&d, *case, sync).await;
+                    for mode in [Mode::Sequential, Mode::Pipelined] {
+                        let (mut rs, mut cs, mut ws) = (Vec::new(), Vec::new(), Vec::new());
+                        let per_round = secs / ROUNDS as f64;
+                        for _ in 0..ROUNDS {
+                            rs.push(raw.round(sync, mode, false, per_round).await);
+                            cs.push(raw.round(sync, mode, true, per_round).await);
+                            ws.push(wal.round(mode, per_round).await);
+                        }
+                        let (mut r, mut c, mut w) = (median(rs), median(cs), median(ws));
+                        let label = format!("{} {:?}", sync.name(), mode).to_lowercase();
+                        r.row(case, &label, "raw");
+                        c.row(case, &label, "raw+copy");
+                        w.row(case, &label, "wal");
+                        let wal_rate = w.per_sec(w.appends);
+                        println!(
+                            "{:<10} {:<20} write_bytes={} wal_vs_raw_ratio={:.3} wal_vs_rawcopy_ratio={:.3}",
+                            case.name,
+                            label,
+                            case.write_bytes(),
+                            wal_rate / r.per_sec(r.appends),
+                            wal_rate / c.per_sec(c.appends)
+                        );
                     }
-                    let (mut r, mut w) = (median(rs), median(ws));
-                    r.row(case, mode, "raw");
-                    w.row(case, mode, "wal");
-                    println!(
-                        "{:<10} {:<10} write_bytes={} wal_vs_raw_ratio={:.3}",
-                        case.name,
-                        format!("{mode:?}").to_lowercase(),
-                        case.write_bytes(),
-                        w.per_sec(w.appends) / r.per_sec(r.appends)
-                    );
+                    wal.close().await;
                 }
                 raw.close().await;
-                wal.close().await;
             }
         })
         .expect("executor")

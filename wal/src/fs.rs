@@ -36,6 +36,12 @@ pub trait WalFile {
     /// synchronous `Storage::entries` for entries no longer in the tail cache.
     fn read_exact_at_blocking(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
 
+    /// Writes the whole buffer at `pos` and returns once that write is durable, as an
+    /// `O_DSYNC` write does: the data and a cache flush behind it, in one operation, so
+    /// several such writes can be in flight at once and the device merges their
+    /// flushes. A short write is an error.
+    async fn write_durable_at(&self, buf: Self::Buffer, pos: u64) -> io::Result<()>;
+
     /// Makes every completed write durable.
     async fn fdatasync(&self) -> io::Result<()>;
 
@@ -90,14 +96,27 @@ impl IoBuffer for DmaBuffer {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DmaFs;
 
-/// A segment opened through [`DmaFs`]: the O_DIRECT file the WAL writes through, and a
+/// A segment opened through [`DmaFs`]: the O_DIRECT file the WAL writes through, the
+/// same file opened again with `O_DSYNC` for durable writes (Linux cannot set
+/// `O_DSYNC` per write through glommio, nor change it on an open descriptor), and a
 /// buffered read-only descriptor for the synchronous cold-read path (O_DIRECT writes
 /// invalidate the page cache range they cover, so buffered reads stay coherent).
 #[derive(Debug)]
 pub struct DmaSegmentFile {
     dma: DmaFile,
+    dsync: DmaFile,
     reader: std::fs::File,
     path: PathBuf,
+}
+
+fn check_len(n: usize, len: usize, path: &Path) -> io::Result<()> {
+    if n != len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write to {}: {n} of {len} bytes", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
@@ -110,13 +129,13 @@ impl WalFile for DmaSegmentFile {
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
         let len = buf.len();
         let n = self.dma.write_at(buf, pos).await.map_err(glommio_err)?;
-        if n != len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write to {}: {n} of {len} bytes", self.path.display()),
-            ));
-        }
-        Ok(())
+        check_len(n, len, &self.path)
+    }
+
+    async fn write_durable_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        let len = buf.len();
+        let n = self.dsync.write_at(buf, pos).await.map_err(glommio_err)?;
+        check_len(n, len, &self.path)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -141,8 +160,10 @@ impl DmaFs {
     async fn open_with(&self, path: &Path, create: bool) -> io::Result<DmaSegmentFile> {
         let dma =
             OpenOptions::new().read(true).write(true).create_new(create).dma_open(path).await.map_err(glommio_err)?;
+        let dsync =
+            OpenOptions::new().write(true).custom_flags(libc::O_DSYNC).dma_open(path).await.map_err(glommio_err)?;
         let reader = std::fs::File::open(path)?;
-        Ok(DmaSegmentFile { dma, reader, path: path.to_path_buf() })
+        Ok(DmaSegmentFile { dma, dsync, reader, path: path.to_path_buf() })
     }
 }
 

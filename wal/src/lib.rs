@@ -43,4 +43,4 @@ pub use fs::{DmaFs, FileSystem, WalFile};
 pub use log::WalStorage;
 pub use recovery::TornTail;
 pub use sim::SimFs;
-pub use wal::{Append, Completion, IoTiming, OpenReport, Wal, WalOptions};
+pub use wal::{Append, Completion, IoTiming, OpenReport, SyncMode, Wal, WalOptions};

@@ -320,6 +320,21 @@ impl SimFs {
     }
 }
 
+/// Returns `Pending` once (waking itself), so other ready tasks run first.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 impl WalFile for SimFile {
     type Buffer = SimBuffer;
 
@@ -333,6 +348,15 @@ impl WalFile for SimFile {
         f.unsynced.push((pos, buf.0.clone()));
         d.record(TraceOp::Write { inode: self.inode, pos, data: buf.0 });
         Ok(())
+    }
+
+    /// A write, then (after letting other tasks run, so that concurrent durable writes
+    /// interleave as they do on a real device) a flush of the file: a crash in between
+    /// may drop or tear it, and a failed flush loses it as a failed fdatasync does.
+    async fn write_durable_at(&self, buf: SimBuffer, pos: u64) -> io::Result<()> {
+        self.write_at(buf, pos).await?;
+        yield_once().await;
+        self.fdatasync().await
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {

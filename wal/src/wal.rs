@@ -2,12 +2,18 @@
 //! completions, fail-stop on I/O errors, and compaction.
 //!
 //! Three tasks run on the shard's executor next to the caller:
-//! - the *writer* issues one aligned `write_at` per append, in submission order, and at
-//!   a segment boundary waits until everything before is durable (so a segment's
-//!   first write never races the previous segment's tail; recovery relies on it);
-//! - the *syncer* runs one `fdatasync` at a time covering every write completed when
-//!   it started, so write `i + 1` proceeds while fsync `i` runs (RUNTIME-NOTES:
-//!   pipelining doubles small-batch throughput), and reports completions in order;
+//! - the *writer* issues one aligned write per append, in submission order, and at a
+//!   segment boundary waits until everything before is durable (so a segment's first
+//!   write never races the previous segment's tail; recovery relies on it). How a write
+//!   becomes durable is the [`SyncMode`]: with [`SyncMode::Dsync`] (the default) each
+//!   write is an `O_DSYNC` write, durable when it completes, and several are in flight
+//!   at once, so the device merges their cache flushes; with [`SyncMode::Fdatasync`]
+//!   one plain write is in flight at a time and the syncer makes it durable;
+//! - the *syncer* ([`SyncMode::Fdatasync`] only) runs one `fdatasync` at a time
+//!   covering every write completed when it started, so write `i + 1` proceeds while
+//!   fsync `i` runs (RUNTIME-NOTES: pipelining doubles small-batch throughput);
+//! - completions are reported in submission order whatever order the device finishes
+//!   writes in;
 //! - the *housekeeper* keeps spare segments pre-zeroed (or recycles compacted ones) and
 //!   removes released segments, off the critical path, each followed by a directory
 //!   fsync.
@@ -47,6 +53,49 @@ const RECOVERY_READ_BYTES: usize = 8 << 20;
 const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(RECOVERY_READ_BYTES.is_multiple_of(BLOCK_BYTES));
 
+/// How appends are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every append is one `O_DSYNC` write: the write and the cache flush behind it are
+    /// one operation, and up to [`APPENDS_IN_FLIGHT_MAX`] of them are in flight at once.
+    /// Measured here (fio, 4 KiB, io_uring, O_DIRECT): 6,700 durable writes/s at queue
+    /// depth 1 (as write + fdatasync), 15,600/s at depth 2 and 21,600/s at depth 4,
+    /// because the device merges concurrent flushes; no `fdatasync` goes through
+    /// io_uring's worker threads.
+    #[default]
+    Dsync,
+    /// One plain write in flight at a time, made durable by `fdatasync`s that overlap
+    /// the next write.
+    Fdatasync,
+}
+
+impl SyncMode {
+    /// The configuration name: `dsync` or `fdatasync`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Dsync => "dsync",
+            SyncMode::Fdatasync => "fdatasync",
+        }
+    }
+
+    /// Parses [`SyncMode::name`].
+    pub fn from_name(s: &str) -> Option<SyncMode> {
+        match s {
+            "dsync" => Some(SyncMode::Dsync),
+            "fdatasync" => Some(SyncMode::Fdatasync),
+            _ => None,
+        }
+    }
+
+    /// Writes the writer keeps in flight at once.
+    fn writes_in_flight_max(self) -> usize {
+        match self {
+            SyncMode::Dsync => APPENDS_IN_FLIGHT_MAX as usize,
+            SyncMode::Fdatasync => 1,
+        }
+    }
+}
+
 /// How a WAL is opened.
 #[derive(Clone, Debug)]
 pub struct WalOptions {
@@ -63,6 +112,8 @@ pub struct WalOptions {
     /// Spare segments kept pre-created, 1 to [`SPARE_SEGMENTS_MAX`]. Default
     /// [`SPARE_SEGMENTS_DEFAULT`].
     pub spare_segments: usize,
+    /// How appends are made durable. Default [`SyncMode::Dsync`].
+    pub sync: SyncMode,
 }
 
 impl WalOptions {
@@ -74,6 +125,7 @@ impl WalOptions {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             spare_segments: SPARE_SEGMENTS_DEFAULT,
+            sync: SyncMode::default(),
         }
     }
 
@@ -142,6 +194,8 @@ pub enum IoTiming {
     Write { entries: u64, bytes: u64, took: std::time::Duration },
     /// One `fdatasync` (covering every write completed before it began).
     Fsync { took: std::time::Duration },
+    /// One append's `O_DSYNC` write ([`SyncMode::Dsync`]): the write and its flush.
+    DurableWrite { entries: u64, bytes: u64, took: std::time::Duration },
 }
 
 /// Timings kept until the node takes them: if it never does, the oldest are dropped.
@@ -207,6 +261,10 @@ struct State<F: FileSystem> {
     reported_seq: u64,
     written_seq: u64,
     synced_seq: u64,
+    /// Durable writes in flight ([`SyncMode::Dsync`]).
+    writing: usize,
+    /// Durable writes that finished ahead of an earlier one still in flight.
+    finished_early: std::collections::BTreeSet<u64>,
     active: Option<Rc<F::File>>,
     // Segments.
     spares: VecDeque<(u64, Rc<F::File>)>,
@@ -353,9 +411,13 @@ impl<F: FileSystem> Inner<F> {
     }
 }
 
-async fn writer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
+async fn writer_task<F: FileSystem + 'static>(inner: Rc<Inner<F>>) {
+    let mode = inner.opts.sync;
+    let depth = mode.writes_in_flight_max();
     loop {
-        inner.wait(Slot::Writer, |st| st.stopped.is_some() || st.closing || !st.queue.is_empty()).await;
+        inner
+            .wait(Slot::Writer, |st| st.stopped.is_some() || st.closing || (!st.queue.is_empty() && st.writing < depth))
+            .await;
         let p = {
             let mut st = inner.st.borrow_mut();
             if st.stopped.is_some() || st.closing {
@@ -398,6 +460,17 @@ async fn writer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
         let file = inner.st.borrow().active.clone().expect("a segment is active");
         let (bytes, entries) = (p.buf.as_slice().len() as u64, p.entries);
         let started = std::time::Instant::now();
+        if mode == SyncMode::Dsync {
+            inner.st.borrow_mut().writing += 1;
+            let inner = inner.clone();
+            let meta = p.meta();
+            glommio::spawn_local(async move {
+                let r = file.write_durable_at(p.buf, meta.offset).await;
+                durable_write_done(&inner, &meta, entries, bytes, started.elapsed(), r);
+            })
+            .detach();
+            continue;
+        }
         match file.write_at(p.buf, p.offset).await {
             Ok(()) => {
                 {
@@ -425,6 +498,68 @@ async fn writer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             }
         }
     }
+}
+
+/// Where a queued write goes, kept for reporting once its buffer is handed over.
+struct WriteMeta {
+    seq: u64,
+    segment_seq: u64,
+    offset: u64,
+}
+
+impl<B> Pending<B> {
+    fn meta(&self) -> WriteMeta {
+        WriteMeta { seq: self.seq, segment_seq: self.segment_seq, offset: self.offset }
+    }
+}
+
+/// A [`SyncMode::Dsync`] write finished: what is durable now is the longest run of
+/// finished writes after the last durable one (writes may finish out of order; the
+/// in-flight bound keeps any of them within [`APPENDS_IN_FLIGHT_MAX`] of the oldest,
+/// which is what recovery's torn-tail rule assumes).
+fn durable_write_done<F: FileSystem>(
+    inner: &Inner<F>,
+    w: &WriteMeta,
+    entries: u64,
+    bytes: u64,
+    took: std::time::Duration,
+    result: std::io::Result<()>,
+) {
+    if let Err(e) = result {
+        inner.st.borrow_mut().writing -= 1;
+        inner.fail(format!(
+            "durable write of batch {} to {} at offset {} failed: {e}; it is not durable and will never be \
+             reported so",
+            w.seq,
+            inner.path(w.segment_seq).display(),
+            w.offset
+        ));
+        return;
+    }
+    let durable = {
+        let mut st = inner.st.borrow_mut();
+        st.writing -= 1;
+        st.record_timing(IoTiming::DurableWrite { entries, bytes, took });
+        st.finished_early.insert(w.seq);
+        loop {
+            let next = st.written_seq + 1;
+            if !st.finished_early.remove(&next) {
+                break;
+            }
+            st.written_seq = next;
+        }
+        st.synced_seq = st.written_seq;
+        st.written_seq
+    };
+    {
+        let mut log = inner.log.borrow_mut();
+        log.written_batch_seq = durable;
+        log.evict();
+    }
+    inner.advance_completions();
+    inner.release_segments();
+    inner.wake(&[Slot::Writer]);
+    inner.wake(&CALLER);
 }
 
 async fn syncer_task<F: FileSystem>(inner: Rc<Inner<F>>) {
@@ -699,6 +834,8 @@ impl<F: FileSystem + 'static> Wal<F> {
             reported_seq: rec.next_batch_seq - 1,
             written_seq: rec.next_batch_seq - 1,
             synced_seq: rec.next_batch_seq - 1,
+            writing: 0,
+            finished_early: std::collections::BTreeSet::new(),
             active,
             spares: VecDeque::new(),
             spare_error: None,
@@ -712,7 +849,9 @@ impl<F: FileSystem + 'static> Wal<F> {
         };
         let inner = Rc::new(Inner { fs, opts, log: Rc::new(RefCell::new(log)), st: RefCell::new(st) });
         glommio::spawn_local(writer_task(inner.clone())).detach();
-        glommio::spawn_local(syncer_task(inner.clone())).detach();
+        if inner.opts.sync == SyncMode::Fdatasync {
+            glommio::spawn_local(syncer_task(inner.clone())).detach();
+        }
         glommio::spawn_local(housekeeper_task(inner.clone())).detach();
         Ok(Wal { inner, report: OpenReport { torn_tail: rec.torn_tail, segments: rec.segments.len(), removed } })
     }

@@ -321,10 +321,16 @@ fn a_real_tmpfs_directory_is_refused() {
 
 #[test]
 fn writes_and_fdatasyncs_are_timed_for_the_node() {
-    use skiff_wal::IoTiming;
-    run(async {
+    for sync in crate::common::SYNC_MODES {
+        writes_and_syncs_are_timed(sync);
+    }
+}
+
+fn writes_and_syncs_are_timed(sync: skiff_wal::SyncMode) {
+    use skiff_wal::{IoTiming, SyncMode};
+    run(async move {
         let fs = SimFs::new();
-        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        let wal = Wal::open(fs.clone(), crate::common::small_opts_sync(&sim_dir(), sync)).await.unwrap();
         let mut model = Model::default();
         let e = [ent(1, 1, 100)];
         submit(&wal, &mut model, Append { tag: 1, entries: &e, must_sync: true, ..Default::default() }).await;
@@ -332,11 +338,23 @@ fn writes_and_fdatasyncs_are_timed_for_the_node() {
         assert!(c.synced);
         let mut t = Vec::new();
         wal.take_io_timings(&mut t);
-        assert!(
-            t.iter().any(|x| matches!(x, IoTiming::Write { bytes, entries: 1, .. } if (*bytes as usize).is_multiple_of(BLOCK_BYTES) && *bytes > 0)),
-            "one block-aligned write: {t:?}"
-        );
-        assert!(t.iter().any(|x| matches!(x, IoTiming::Fsync { .. })), "one fdatasync: {t:?}");
+        let aligned = |b: u64| (b as usize).is_multiple_of(BLOCK_BYTES) && b > 0;
+        match sync {
+            SyncMode::Fdatasync => {
+                assert!(
+                    t.iter().any(|x| matches!(x, IoTiming::Write { bytes, entries: 1, .. } if aligned(*bytes))),
+                    "one block-aligned write: {t:?}"
+                );
+                assert!(t.iter().any(|x| matches!(x, IoTiming::Fsync { .. })), "one fdatasync: {t:?}");
+            }
+            SyncMode::Dsync => {
+                assert!(
+                    t.iter().any(|x| matches!(x, IoTiming::DurableWrite { bytes, entries: 1, .. } if aligned(*bytes))),
+                    "one block-aligned durable write: {t:?}"
+                );
+                assert!(!t.iter().any(|x| matches!(x, IoTiming::Fsync { .. })), "no fdatasync: {t:?}");
+            }
+        }
         let mut again = Vec::new();
         wal.take_io_timings(&mut again);
         assert!(again.is_empty(), "taken once");

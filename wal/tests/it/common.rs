@@ -8,7 +8,7 @@ use bytes::Bytes;
 use skiff_engine::{Entry, EntryKind, HardState, Index, SnapshotMeta, Storage, Term};
 use skiff_wal::format::SEGMENT_BYTES_MIN;
 use skiff_wal::recovery::Recovered;
-use skiff_wal::{Append, Identity, WalOptions};
+use skiff_wal::{Append, Identity, SyncMode, WalOptions};
 
 pub const IDENT: Identity = Identity { cluster_id: 0xC1, shard_id: 3, node_id: 2 };
 
@@ -26,6 +26,16 @@ pub fn run<T: 'static>(f: impl Future<Output = T> + 'static) -> T {
 pub fn small_opts(dir: &Path) -> WalOptions {
     let mut o = WalOptions::new(dir, IDENT);
     o.segment_bytes = SEGMENT_BYTES_MIN;
+    o
+}
+
+/// Both ways of making appends durable: tests of durability run under each.
+pub const SYNC_MODES: [SyncMode; 2] = [SyncMode::Dsync, SyncMode::Fdatasync];
+
+/// [`small_opts`] with appends made durable the `sync` way.
+pub fn small_opts_sync(dir: &Path, sync: SyncMode) -> WalOptions {
+    let mut o = small_opts(dir);
+    o.sync = sync;
     o
 }
 

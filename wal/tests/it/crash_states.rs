@@ -12,9 +12,9 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 use skiff_engine::{ConfState, HardState, SnapshotMeta};
 use skiff_wal::recovery::{Recovered, recover_files};
 use skiff_wal::sim::{SimDisk, TraceOp, WriteFate};
-use skiff_wal::{Append, SimFs, Wal};
+use skiff_wal::{Append, SimFs, SyncMode, Wal};
 
-use crate::common::{IDENT, Model, ent, run, sim_dir, small_opts};
+use crate::common::{IDENT, Model, ent, run, sim_dir, small_opts_sync};
 
 /// At least this many crash states in the default run (issue 3).
 const CRASH_STATES_MIN: usize = 10_000;
@@ -22,7 +22,12 @@ const CRASH_STATES_MIN: usize = 10_000;
 /// Runs a pipelined workload on a traced simulated disk; returns the trace (with a
 /// `Note(seq)` wherever append `seq` was reported durable) and the model after each
 /// append (`models[k]` = after append `k`).
-fn record_workload(seed: u64, start: Option<(SimDisk, Model)>, appends: u64) -> (Vec<TraceOp>, Vec<Model>, u64) {
+fn record_workload(
+    sync: SyncMode,
+    seed: u64,
+    start: Option<(SimDisk, Model)>,
+    appends: u64,
+) -> (Vec<TraceOp>, Vec<Model>, u64) {
     run(async move {
         let (fs, mut model) = match start {
             Some((disk, m)) => (SimFs::from_disk(disk), m),
@@ -32,7 +37,7 @@ fn record_workload(seed: u64, start: Option<(SimDisk, Model)>, appends: u64) -> 
         // Traced from before the open: recovery's own writes (zeroing a stale tail,
         // removing spares) are crash points too.
         fs.start_trace();
-        let wal = std::rc::Rc::new(Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap());
+        let wal = std::rc::Rc::new(Wal::open(fs.clone(), small_opts_sync(&sim_dir(), sync)).await.unwrap());
         let drain = {
             let (wal, fs) = (wal.clone(), fs.clone());
             glommio::spawn_local(async move {
@@ -211,9 +216,21 @@ fn enumerate(
     states
 }
 
+/// `O_DSYNC` writes, several in flight: a crash can keep a later write and lose an
+/// earlier one.
 #[test]
-fn every_crash_state_recovers_every_acknowledged_append() {
-    let (trace, models, first) = record_workload(42, None, 90);
+fn every_crash_state_recovers_every_acknowledged_append_dsync() {
+    every_crash_state_recovers_every_acknowledged_append(SyncMode::Dsync);
+}
+
+/// Writes overlapping the previous fdatasync.
+#[test]
+fn every_crash_state_recovers_every_acknowledged_append_fdatasync() {
+    every_crash_state_recovers_every_acknowledged_append(SyncMode::Fdatasync);
+}
+
+fn every_crash_state_recovers_every_acknowledged_append(sync: SyncMode) {
+    let (trace, models, first) = record_workload(sync, 42, None, 90);
     assert_eq!(first, 1);
     let released = trace.iter().any(|op| match op {
         TraceOp::Remove { .. } => true,
@@ -240,10 +257,10 @@ fn every_crash_state_recovers_every_acknowledged_append() {
     let step = samples.len() / 12;
     for (i, (disk, k)) in samples.into_iter().enumerate().step_by(step) {
         let start = models[k].clone();
-        let (trace2, models2, first2) = record_workload(1000 + i as u64, Some((disk.clone(), start)), 6);
+        let (trace2, models2, first2) = record_workload(sync, 1000 + i as u64, Some((disk.clone(), start)), 6);
         // Seq `first2 + j` is the (j + 1)-th append of the second life: models2[j + 1].
         second += enumerate(&disk, &trace2, &models2, |seq| (seq - first2 + 1) as usize, i as u64, |_, _| {});
     }
     assert!(second > 1000, "only {second} second-life crash states");
-    eprintln!("crash states: {states} first life, {second} second life");
+    eprintln!("crash states ({}): {states} first life, {second} second life", sync.name());
 }

@@ -6,9 +6,9 @@
 
 use skiff_wal::recovery::recover_files;
 use skiff_wal::sim::WriteFate;
-use skiff_wal::{Append, SimFs, Wal, WalError};
+use skiff_wal::{Append, SimFs, SyncMode, Wal, WalError};
 
-use crate::common::{IDENT, Model, ent, run, sim_dir, small_opts};
+use crate::common::{IDENT, Model, SYNC_MODES, ent, run, sim_dir, small_opts_sync};
 
 /// Appends `n` single-entry batches from index `from`, waiting for each completion.
 async fn append_synced(wal: &Wal<SimFs>, model: &mut Model, from: u64, n: u64) {
@@ -22,11 +22,20 @@ async fn append_synced(wal: &Wal<SimFs>, model: &mut Model, from: u64, n: u64) {
     }
 }
 
-fn fsync_failure_stops_without_ack(errno: i32) {
+/// What a failed sync is called in the WAL's error: the fdatasync, or the durable write
+/// whose flush failed.
+fn sync_words(sync: SyncMode) -> &'static str {
+    match sync {
+        SyncMode::Dsync => "durable write of batch",
+        SyncMode::Fdatasync => "fdatasync",
+    }
+}
+
+fn fsync_failure_stops_without_ack(sync: SyncMode, errno: i32) {
     run(async move {
         let fs = SimFs::new();
         let mut model = Model::default();
-        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        let wal = Wal::open(fs.clone(), small_opts_sync(&sim_dir(), sync)).await.unwrap();
         append_synced(&wal, &mut model, 1, 5).await;
         let durable = model.clone();
 
@@ -35,7 +44,7 @@ fn fsync_failure_stops_without_ack(errno: i32) {
         wal.submit(&Append { tag: 6, entries: &e, must_sync: true, ..Default::default() }).await.unwrap();
         let err = wal.next_completion().await.unwrap_err();
         assert!(matches!(err, WalError::Stopped { .. }), "{err}");
-        assert!(err.to_string().contains("fdatasync"), "{err}");
+        assert!(err.to_string().contains(sync_words(sync)), "{err}");
         assert!(wal.stopped().is_some());
 
         // Every later call reports the failure; nothing is ever acknowledged again,
@@ -56,20 +65,30 @@ fn fsync_failure_stops_without_ack(errno: i32) {
 
 #[test]
 fn fsync_eio_stops_the_wal_and_acknowledges_nothing_more() {
-    fsync_failure_stops_without_ack(libc::EIO);
+    for sync in SYNC_MODES {
+        fsync_failure_stops_without_ack(sync, libc::EIO);
+    }
 }
 
 #[test]
 fn fsync_enospc_stops_the_wal_and_acknowledges_nothing_more() {
-    fsync_failure_stops_without_ack(libc::ENOSPC);
+    for sync in SYNC_MODES {
+        fsync_failure_stops_without_ack(sync, libc::ENOSPC);
+    }
 }
 
 #[test]
 fn write_failure_stops_the_wal() {
-    run(async {
+    for sync in SYNC_MODES {
+        write_failure_stops(sync);
+    }
+}
+
+fn write_failure_stops(sync: SyncMode) {
+    run(async move {
         let fs = SimFs::new();
         let mut model = Model::default();
-        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        let wal = Wal::open(fs.clone(), small_opts_sync(&sim_dir(), sync)).await.unwrap();
         append_synced(&wal, &mut model, 1, 3).await;
         fs.fail_write(0, libc::EIO);
         let e = [ent(4, 1, 10)];
@@ -81,11 +100,17 @@ fn write_failure_stops_the_wal() {
 
 #[test]
 fn enospc_creating_a_segment_stops_before_acknowledging_records_that_need_it() {
-    run(async {
+    for sync in SYNC_MODES {
+        enospc_creating_a_segment(sync);
+    }
+}
+
+fn enospc_creating_a_segment(sync: SyncMode) {
+    run(async move {
         let fs = SimFs::new();
         let dir = sim_dir();
         let mut model = Model::default();
-        let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
+        let wal = Wal::open(fs.clone(), small_opts_sync(&dir, sync)).await.unwrap();
         // The first segment and its first spare exist; the next creation fails.
         append_synced(&wal, &mut model, 1, 1).await;
         fs.fail_create(0, libc::ENOSPC);
