@@ -199,11 +199,15 @@ impl Command {
     }
 }
 
+/// The map: keys hash with foldhash (randomly seeded per map, several times faster than
+/// SipHash on short keys; replicas never compare iteration order, only the digest).
+type Map = imbl::GenericHashMap<Bytes, Bytes, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// The applied state: a persistent map, so that a snapshot is a constant-time clone
 /// that can be written out in the background while the shard keeps applying.
 #[derive(Clone, Debug, Default)]
 pub struct Kv {
-    map: imbl::HashMap<Bytes, Bytes>,
+    map: Map,
     /// The sum and xor of every pair's hash, kept up to date on each change so that the
     /// digest costs nothing to read (recomputing it walks the whole map).
     sum: u64,
@@ -278,11 +282,10 @@ impl Kv {
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd {
             Command::Set { key, value, cond } => {
-                let present = self.map.contains_key(key.as_ref());
                 let allowed = match cond {
                     SetCond::Always => true,
-                    SetCond::IfAbsent => !present,
-                    SetCond::IfPresent => present,
+                    SetCond::IfAbsent => !self.map.contains_key(key.as_ref()),
+                    SetCond::IfPresent => self.map.contains_key(key.as_ref()),
                 };
                 if !allowed {
                     return Outcome::Nil;
