@@ -16,7 +16,7 @@
 //! counted by a global allocator, and the CPU time the sending and receiving threads
 //! spend per 100 MB of payload. Run with `cargo bench -p skiff-net`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -31,8 +31,11 @@ use skiff_net::sys::{SocketOptions, bind_listener, configure};
 use skiff_net::{Inbound, Lane, Transport, TransportConfig};
 
 /// Counts allocations made by threads that opted in, so the receiving executor's
-/// allocations can be attributed to the messages it received.
+/// allocations can be attributed to the messages it received. Allocates with mimalloc,
+/// the allocator the `skiff` binary runs on.
 struct CountingAllocator;
+
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
@@ -53,21 +56,21 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_allocation();
         // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
+        unsafe { INNER.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { INNER.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_allocation();
         // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { INNER.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note_allocation();
         // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { INNER.realloc(ptr, layout, new_size) }
     }
 }
 
