@@ -971,6 +971,17 @@ pub fn run(cfg: &Config) -> Result<RunReport, ChaosError> {
         RUNS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).map_err(|e| ChaosError::Dir(dir.clone(), e.to_string()))?;
+    let result = run_in(cfg, t0, &dir);
+    // A run that could not be carried out leaves nothing behind (its nodes are stopped
+    // by now): the error says what went wrong.
+    if result.is_err() && !cfg.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_in(cfg: &Config, t0: Instant, dir: &Path) -> Result<RunReport, ChaosError> {
+    let dir = dir.to_path_buf();
     if on_tmpfs(&dir) {
         return Err(ChaosError::Dir(dir, "it is on tmpfs, which has no O_DIRECT; use /var/tmp or a disk".into()));
     }
