@@ -618,7 +618,8 @@ impl Run<'_> {
                     self.random_node(&mut rng)
                 };
                 let dir = if rng.chance(500) { "in" } else { "out" };
-                self.say(&format!("{kind}: node {target} hears nothing ({dir}) for {}", secs(hold)));
+                let what = if dir == "in" { "hears nothing from" } else { "sends nothing to" };
+                self.say(&format!("{kind}: node {target} {what} its peers for {}", secs(hold)));
                 let armed = self.arm(target, &format!("partition?peers={}&dir={dir}", self.others(target)));
                 self.sleep(hold)?;
                 self.arm(target, "partition?action=off");
