@@ -99,6 +99,9 @@ impl fmt::Display for Violation {
             writeln!(f, "    {op}   => {s}")?;
         }
         writeln!(f, "  operations concurrent with the stuck one:")?;
+        if self.concurrent.is_empty() {
+            writeln!(f, "    (none)")?;
+        }
         for op in &self.concurrent {
             writeln!(f, "    {op}")?;
         }

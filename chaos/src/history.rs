@@ -130,7 +130,7 @@ impl fmt::Display for Op {
         };
         write!(
             f,
-            "op {} client {} node {} [{:.3}s .. {:.3}s] {} {} {}",
+            "op {} client {} node {} [{:.4}s .. {:.4}s] {} {} {}",
             self.id,
             self.client,
             self.node,

@@ -36,6 +36,10 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// that a few hundred of them pass the snapshot threshold of a test cluster quickly.
 const FILLER_VALUE_BYTES: usize = 512;
 
+/// Violations the report prints; one usually tells the story, and a broken node can
+/// fail every key.
+const VIOLATIONS_SHOWN: usize = 3;
+
 /// The `statfs` magic of tmpfs, which has no O_DIRECT.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
@@ -373,8 +377,15 @@ impl fmt::Display for RunReport {
             c.steps,
             c.steps_max
         )?;
-        for v in &c.violations {
+        for v in c.violations.iter().take(VIOLATIONS_SHOWN) {
             write!(f, "{v}")?;
+        }
+        if c.violations.len() > VIOLATIONS_SHOWN {
+            writeln!(
+                f,
+                "    ... and {} more keys (all of them in violations.txt when the run is saved)",
+                c.violations.len() - VIOLATIONS_SHOWN
+            )?;
         }
         for (k, steps) in &c.too_hard {
             writeln!(f, "    key {k}: undecided after {steps} search steps")?;
@@ -1181,6 +1192,13 @@ fn run_in(cfg: &Config, t0: Instant, dir: &Path) -> Result<RunReport, ChaosError
             std::fs::File::create(&p).and_then(|mut file| f(&mut file)).map_err(|e| ChaosError::Save(p, e))
         };
         save("history.jsonl", &|f| write_jsonl(&ops, &mut std::io::BufWriter::new(f)))?;
+        if !report.check.violations.is_empty() {
+            let all: String = report.check.violations.iter().map(|v| v.to_string()).collect();
+            save("violations.txt", &|f| {
+                use std::io::Write;
+                f.write_all(all.as_bytes())
+            })?;
+        }
         report.saved = Some(dir.clone());
         let text = report.to_string();
         let faults: String = report
