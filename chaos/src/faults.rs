@@ -51,6 +51,9 @@ pub enum FaultKind {
     WalTail,
     /// SIGKILL every node, restart them all.
     ClusterRestart,
+    /// SIGKILL the leader while some followers send no vote requests and the others
+    /// hold their election timers: no leader until the timers run again.
+    SlowElection,
 }
 
 impl FaultKind {
@@ -67,7 +70,7 @@ impl FaultKind {
             FaultKind::NetLossDelay,
         ];
         v.extend((0..CRASH_POINTS.len()).map(FaultKind::Crash));
-        v.extend([FaultKind::FsyncEio, FaultKind::WalTail, FaultKind::ClusterRestart]);
+        v.extend([FaultKind::FsyncEio, FaultKind::WalTail, FaultKind::ClusterRestart, FaultKind::SlowElection]);
         v
     }
 
@@ -85,6 +88,7 @@ impl FaultKind {
             FaultKind::FsyncEio => "fsync-eio".into(),
             FaultKind::WalTail => "wal-tail".into(),
             FaultKind::ClusterRestart => "cluster-restart".into(),
+            FaultKind::SlowElection => "slow-election".into(),
         }
     }
 }

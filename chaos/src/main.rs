@@ -46,7 +46,7 @@ struct RunArgs {
     /// Fault kinds, comma-separated: all, crash (every crash point), or names such as
     /// kill, kill-leader, pause, pause-leader, partition-leader, partition-minority,
     /// partition-one-way, net-loss-delay, crash:wal-before-write, fsync-eio, wal-tail,
-    /// cluster-restart.
+    /// cluster-restart, slow-election.
     #[arg(long, default_value = "all", value_parser = parse_kinds)]
     faults: Kinds,
     /// Number of nodes (odd).

@@ -716,6 +716,34 @@ impl Run<'_> {
                 }
                 record(detail, done)
             }
+            FaultKind::SlowElection => {
+                let Some(leader) = self.leader() else { return Ok(no_leader()) };
+                let mut followers: Vec<u64> = self.cluster.ids().into_iter().filter(|&i| i != leader).collect();
+                rng.shuffle(&mut followers);
+                let (mute, slow) = followers.split_at(followers.len().div_ceil(2));
+                let (mute, slow) = (mute.to_vec(), slow.to_vec());
+                self.say(&format!(
+                    "{kind}: nodes {mute:?} send no vote requests, {slow:?} hold their election timers for {}; \
+                     SIGKILL leader {leader}",
+                    secs(hold)
+                ));
+                let mut armed = true;
+                for &m in &mute {
+                    armed &= self.arm(m, "no-vote-requests?action=on");
+                }
+                for &s in &slow {
+                    armed &= self.arm(s, &format!("election-delay?ms={}", hold.as_millis()));
+                }
+                self.kill(leader);
+                self.sleep(hold)?;
+                // The delayed timers run again by now; one of those nodes must win.
+                self.monitor.wait_leader(self.cfg.settle_wait);
+                for &m in &mute {
+                    self.arm(m, "no-vote-requests?action=off");
+                }
+                self.start(leader, &kind.name())?;
+                record(format!("leader {leader} killed; {mute:?} mute, {slow:?} delayed {}", secs(hold)), armed)
+            }
             FaultKind::ClusterRestart => {
                 self.say(&format!("{kind}: SIGKILL every node, restart after {}", secs(hold / 2)));
                 for id in self.cluster.ids() {

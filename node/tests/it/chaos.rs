@@ -1,7 +1,8 @@
 //! The chaos smoke run: a 3-node cluster of real `skiff` processes under a client
 //! workload while the chaos runner kills, pauses, partitions, drops and delays
 //! messages, aborts a node at every crash point, fails an fdatasync, damages a WAL
-//! tail and restarts the whole cluster, one fault after another. The recorded
+//! tail, restarts the whole cluster and slows an election with the vote and
+//! election-timer failure points, one fault after another. The recorded
 //! history must be linearizable, every last acknowledged write present, and every
 //! replica's state digest equal at the end. The soak runs the same code for longer
 //! (docs/chaos.md).
