@@ -1,7 +1,9 @@
 //! Integration tests of the node: the admin port on fabricated reports, and whole
-//! clusters of real `skiff` processes.
+//! clusters of real `skiff` processes, including the chaos smoke run.
 
 mod admin;
+#[cfg(feature = "failpoints")]
+mod chaos;
 mod cluster;
 #[cfg(feature = "failpoints")]
 mod failpoints;
