@@ -258,8 +258,26 @@ async fn open_loop(
             return;
         }
         let Some(c) = &mut conn else {
-            // Requests that fall due while there is no connection cannot be sent: a
-            // real client would have failed them at once.
+            if stopping {
+                return;
+            }
+            if now >= reconnect_at {
+                match connect(spec.target).await {
+                    Some(stream) => {
+                        conn = Some(Conn::new(stream, spare_rbuf.take().unwrap_or_default()));
+                        backoff = RECONNECT_BACKOFF_MIN;
+                        continue;
+                    }
+                    None => {
+                        rec.borrow_mut().connect_failures += 1;
+                        reconnect_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                    }
+                }
+            }
+            // Still no connection: requests due by now cannot be sent, and a real
+            // client would have failed them at once.
+            let now = Instant::now();
             while next_due <= now && !control.stopping() {
                 if control.counts_intended(next_due) {
                     if control.take_budget(1) == 0 {
@@ -271,20 +289,6 @@ async fn open_loop(
             }
             if control.stopping() {
                 return;
-            }
-            if now >= reconnect_at {
-                match connect(spec.target).await {
-                    Some(stream) => {
-                        conn = Some(Conn::new(stream, spare_rbuf.take().unwrap_or_default()));
-                        backoff = RECONNECT_BACKOFF_MIN;
-                    }
-                    None => {
-                        rec.borrow_mut().connect_failures += 1;
-                        reconnect_at = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                    }
-                }
-                continue;
             }
             tokio::time::sleep_until(next_due.min(reconnect_at).into()).await;
             continue;

@@ -145,11 +145,13 @@ pub fn run(
     };
     let control = Arc::new(Control::new(requests));
     let shared = Arc::new(Mutex::new(Recorder::default()));
-    let start = Instant::now();
     let mut measure: Option<(Instant, Duration, Option<Duration>)> = None;
     if cfg.warmup.is_zero() {
         measure = Some((control.start_measuring(), sys::self_cpu(), cpu_of(watched)));
     }
+    // Without a warm-up the open-loop schedule starts with measurement, so no request
+    // falls due before it (and escapes the budget).
+    let start = measure.map_or_else(Instant::now, |m| m.0);
     let cfg_shared = Arc::new(cfg.clone());
     let mut workers = Vec::with_capacity(cfg.threads);
     for t in 0..cfg.threads {
