@@ -47,6 +47,7 @@ pub fn write_output(path: &Path, contents: &str) -> Result<(), BenchError> {
 fn single(args: &RunArgs, interrupt: &AtomicBool) -> Result<i32, BenchError> {
     // Every flag is checked before anything is started.
     let mut cfg = args.workload.validate(args.protocol, Vec::new())?;
+    args.output.validate()?;
     let mut cluster = None;
     let system;
     match args.spawn {

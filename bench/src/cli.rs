@@ -208,6 +208,20 @@ pub struct CompareArgs {
     pub no_generator_check: bool,
 }
 
+impl OutputArgs {
+    /// Refuses an output file whose directory does not exist, before a run that would
+    /// then have nowhere to put its results.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        for (flag, path) in [("--json", &self.json), ("--hgrm", &self.hgrm), ("--plot", &self.plot)] {
+            let Some(parent) = path.as_ref().and_then(|p| p.parent()) else { continue };
+            if !parent.as_os_str().is_empty() && !parent.is_dir() {
+                return Err(usage(format!("{flag}: directory {} does not exist", parent.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn usage(msg: impl Into<String>) -> BenchError {
     BenchError::Usage(msg.into())
 }

@@ -56,6 +56,7 @@ impl GeneratorCheck {
 /// Runs `compare`; returns the exit status.
 pub fn run(args: &CompareArgs, interrupt: &AtomicBool) -> Result<i32, BenchError> {
     let base = args.workload.validate(Protocol::Resp, Vec::new())?;
+    args.output.validate()?;
     if !(1..=SPAWN_NODES_MAX).contains(&args.nodes) {
         return Err(BenchError::Usage(format!("--nodes must be between 1 and {SPAWN_NODES_MAX}, not {}", args.nodes)));
     }

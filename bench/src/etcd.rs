@@ -155,6 +155,9 @@ pub async fn run_client(spec: EtcdSpec, control: Arc<Control>, rec: Rc<RefCell<R
     for c in callers {
         let _ = c.await;
     }
+    if let (Some(interval), Some(due)) = (interval, next_due.get()) {
+        rec.borrow_mut().unsent += control.unsent_due(due, interval);
+    }
 }
 
 async fn caller(

@@ -100,6 +100,9 @@ pub struct Summary {
     pub writes: u64,
     pub duration_s: f64,
     pub connect_failures: u64,
+    /// Open loop: requests that were due by the end of the run but not sent because
+    /// the server fell behind the rate (never answered, so not in any figure).
+    pub unsent_at_end: u64,
     /// Latency is measured from each request's intended send time (open loop) or
     /// from its send (closed loop).
     pub latency_from: String,
@@ -137,6 +140,7 @@ impl Summary {
             writes: r.writes,
             duration_s: secs,
             connect_failures: r.connect_failures,
+            unsent_at_end: r.unsent,
             latency_from: if cfg.rate.is_some() { "intended send time" } else { "send" }.to_string(),
             interrupted: result.interrupted,
             workload: WorkloadSummary::of(cfg),
@@ -168,6 +172,13 @@ impl Summary {
             fmt_count(self.errors),
             if kinds.is_empty() { String::new() } else { format!("   ({})", kinds.join(", ")) }
         );
+        if self.unsent_at_end > 0 {
+            let _ = writeln!(
+                out,
+                "  backlog     {} requests were due but not yet sent when the run ended: the server fell behind --rate",
+                fmt_count(self.unsent_at_end)
+            );
+        }
         if self.connect_failures > 0 {
             let _ = writeln!(out, "  reconnects  {} failed connection attempts", fmt_count(self.connect_failures));
         }

@@ -122,7 +122,10 @@ pub async fn run_connection(
 ) {
     match spec.schedule {
         None => closed_loop(spec, &templates, &control, &rec).await,
-        Some((interval, first)) => open_loop(spec, interval, first, &templates, &control, &rec).await,
+        Some((interval, first)) => {
+            let next_due = open_loop(spec, interval, first, &templates, &control, &rec).await;
+            rec.borrow_mut().unsent += control.unsent_due(next_due, interval);
+        }
     }
 }
 
@@ -242,7 +245,7 @@ async fn open_loop(
     templates: &RespTemplates,
     control: &Control,
     rec: &RefCell<Recorder>,
-) {
+) -> Instant {
     let window = spec.pipeline;
     let mut wbuf = BytesMut::with_capacity(templates.request_bytes_max() * window);
     let mut spare_rbuf = Some(BytesMut::with_capacity(READ_BUF_BYTES));
@@ -255,11 +258,11 @@ async fn open_loop(
         let now = Instant::now();
         let stopping = control.stopping();
         if stopping && inflight.is_empty() {
-            return;
+            return next_due;
         }
         let Some(c) = &mut conn else {
             if stopping {
-                return;
+                return next_due;
             }
             if now >= reconnect_at {
                 match connect(spec.target).await {
@@ -288,7 +291,7 @@ async fn open_loop(
                 next_due += interval;
             }
             if control.stopping() {
-                return;
+                return next_due;
             }
             tokio::time::sleep_until(next_due.min(reconnect_at).into()).await;
             continue;

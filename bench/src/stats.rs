@@ -117,6 +117,8 @@ pub struct Recorder {
     pub connect_failures: u64,
     /// Requests answered that are not measured (warm-up): progress only.
     pub unmeasured: u64,
+    /// Open loop: measured requests due but not sent when the run stopped.
+    pub unsent: u64,
 }
 
 impl Default for Recorder {
@@ -129,6 +131,7 @@ impl Default for Recorder {
             last_done: None,
             connect_failures: 0,
             unmeasured: 0,
+            unsent: 0,
         }
     }
 }
@@ -175,6 +178,7 @@ impl Recorder {
         }
         self.connect_failures += std::mem::take(&mut other.connect_failures);
         self.unmeasured += std::mem::take(&mut other.unmeasured);
+        self.unsent += std::mem::take(&mut other.unsent);
     }
 }
 
@@ -188,6 +192,7 @@ const PHASE_STOP: u8 = 2;
 pub struct Control {
     phase: AtomicU8,
     measure_start: OnceLock<Instant>,
+    stopped_at: OnceLock<Instant>,
     budget: Option<AtomicU64>,
 }
 
@@ -197,6 +202,7 @@ impl Control {
         Control {
             phase: AtomicU8::new(PHASE_WARMUP),
             measure_start: OnceLock::new(),
+            stopped_at: OnceLock::new(),
             budget: requests.map(AtomicU64::new),
         }
     }
@@ -211,7 +217,25 @@ impl Control {
 
     /// No new requests from now on; connections finish what is in flight.
     pub fn stop(&self) {
+        self.stopped_at.get_or_init(Instant::now);
         self.phase.store(PHASE_STOP, Ordering::Release);
+    }
+
+    /// Open loop: measured requests that were due by the time the run stopped but not
+    /// sent (the window was full: the server fell behind the rate), given the next
+    /// due time and the interval of a connection's schedule. They were never answered,
+    /// so they have no latency; they are reported so a backlog is not hidden. A spent
+    /// `--requests` budget leaves none: requests past it were never part of the run.
+    pub fn unsent_due(&self, next_due: Instant, interval: Duration) -> u64 {
+        let (Some(stop), Some(start)) = (self.stopped_at.get(), self.measure_start()) else { return 0 };
+        if self.budget.is_some() || interval.is_zero() {
+            return 0;
+        }
+        let from = next_due.max(start);
+        if from > *stop {
+            return 0;
+        }
+        ((*stop - from).as_nanos() / interval.as_nanos()) as u64 + 1
     }
 
     pub fn stopping(&self) -> bool {

@@ -96,6 +96,7 @@ fn bad_flags_are_refused_clearly() {
         (&["--spawn", "0"], "--spawn"),
         (&["--spawn", "3", "--protocol", "etcd"], "RESP"),
         (&["compare", "--nodes", "0"], "--nodes"),
+        (&["--json", "/nonexistent/dir/r.json"], "--json: directory /nonexistent/dir does not exist"),
     ] {
         let o = bench(args);
         let err = stderr(&o);

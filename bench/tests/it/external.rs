@@ -49,7 +49,8 @@ fn compare_runs_each_installed_system_and_leaves_nothing_behind() {
         let m = &v["systems"][s];
         assert_eq!(m["ops"].as_u64().unwrap() + m["errors"].as_u64().unwrap(), 300, "{s}: {m}");
         assert!(m["ops"].as_u64().unwrap() > 0, "{s}: {m}");
-        assert!(m["cpu_us_per_op"].as_f64().unwrap() > 0.0, "{s}: the servers' CPU is measured");
+        // Measured, though a few hundred requests may cost less than /proc's 10 ms tick.
+        assert!(m["cpu_us_per_op"].as_f64().is_some_and(|c| c >= 0.0), "{s}: the servers' CPU is measured: {m}");
         assert!(out.0.join(format!("c.{s}.hgrm")).is_file(), "{s}: its .hgrm is written");
         if *s != "skiff" && skiff.is_some() {
             assert!(v["ratios"][s]["ops_per_sec"].as_f64().unwrap() > 0.0, "{s}: {v}");

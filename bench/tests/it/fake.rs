@@ -210,3 +210,17 @@ fn open_loop_counts_requests_due_while_disconnected_as_errors() {
     assert_eq!(r.recorder.ops() + lost, 200);
     assert_eq!(r.recorder.latency.len(), r.recorder.ops());
 }
+
+#[test]
+fn open_loop_reports_the_backlog_a_slow_server_leaves() {
+    // 1,000 requests/s due on one connection, a server that takes 20 ms per answer:
+    // most requests are still waiting to be sent when the run ends. They have no
+    // latency to report, but they are counted, not dropped in silence.
+    let server = FakeServer::start(|_, _| Action::StallThenAnswer(Duration::from_millis(20)));
+    let mut cfg = config(server.addr, 1);
+    cfg.length = RunLength::Duration(Duration::from_millis(500));
+    cfg.rate = Some(1000.0);
+    let r = go(&cfg);
+    assert!(r.recorder.ops() > 0);
+    assert!(r.recorder.unsent > r.recorder.ops(), "{} unsent, {} answered", r.recorder.unsent, r.recorder.ops());
+}

@@ -137,7 +137,8 @@ fn a_short_spawn_run_reports_and_leaves_nothing_behind() {
     assert_eq!(v["system"], "skiff");
     assert_eq!(v["ops"].as_u64().unwrap() + v["errors"].as_u64().unwrap(), 300, "{v}");
     assert!(v["ops"].as_u64().unwrap() > 0, "{v}");
-    assert!(v["cpu_us_per_op"].as_f64().unwrap() > 0.0, "the cluster's CPU is measured: {v}");
+    // Measured, though 300 writes may cost less than /proc's 10 ms tick.
+    assert!(v["cpu_us_per_op"].as_f64().is_some_and(|c| c >= 0.0), "the cluster's CPU is measured: {v}");
     assert_eq!(v["server_processes"], 3);
     assert_eq!(v["workload"]["targets"].as_array().unwrap().len(), 3, "clients go to every node by default");
 }
