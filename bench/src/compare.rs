@@ -280,9 +280,9 @@ fn check_line(c: &Result<GeneratorCheck, String>) -> String {
             fmt_count(c.skiff_bench_ops_per_sec.round() as u64),
             c.percent(),
             if c.percent() >= GENERATOR_CHECK_PERCENT_MIN {
-                "the generator keeps up"
+                "the generator keeps up".to_string()
             } else {
-                "below 90%: the generator may limit the figures; try --threads 2"
+                format!("below {GENERATOR_CHECK_PERCENT_MIN}%: the generator may limit the figures; try --threads 2")
             }
         ),
     }

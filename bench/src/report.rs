@@ -100,8 +100,9 @@ pub struct Summary {
     pub writes: u64,
     pub duration_s: f64,
     pub connect_failures: u64,
-    /// Open loop: requests that were due by the end of the run but not sent because
-    /// the server fell behind the rate (never answered, so not in any figure).
+    /// Open loop: requests that were due by the end of the run but not sent, waiting
+    /// for room in the window (never answered, so not in any figure). More than one
+    /// per connection means the server fell behind the rate.
     pub unsent_at_end: u64,
     /// Latency is measured from each request's intended send time (open loop) or
     /// from its send (closed loop).
@@ -175,8 +176,15 @@ impl Summary {
         if self.unsent_at_end > 0 {
             let _ = writeln!(
                 out,
-                "  backlog     {} requests were due but not yet sent when the run ended: the server fell behind --rate",
-                fmt_count(self.unsent_at_end)
+                "  backlog     {} requests were due but still waiting for a free --pipeline slot when the run ended{}",
+                fmt_count(self.unsent_at_end),
+                // A few are the window at work; many more than one per connection
+                // mean the rate was more than the server could answer.
+                if self.unsent_at_end > self.workload.clients as u64 {
+                    " (more than one per connection: the server fell behind --rate)"
+                } else {
+                    ""
+                }
             );
         }
         if self.connect_failures > 0 {
