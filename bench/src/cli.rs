@@ -23,6 +23,13 @@ pub const THREADS_MAX: usize = 64;
 pub const DURATION_S_MAX: f64 = 7.0 * 24.0 * 3600.0;
 /// Largest value: the Skiff client port's cap on one bulk string.
 pub const VALUE_BYTES_MAX: usize = skiff_net::resp::RESP_BULK_BYTES_MAX_DEFAULT;
+/// Most request bytes one connection may have in flight (`--pipeline` ×
+/// `--value-size`): each connection holds a whole batch in its write buffer, and a
+/// batch beyond this is the kernel's socket buffers being measured.
+pub const INFLIGHT_BYTES_MAX: usize = 64 << 20;
+/// Most request bytes all connections together may have in flight: the generator's
+/// write buffers must fit in memory beside the servers it loads.
+pub const INFLIGHT_BYTES_TOTAL_MAX: usize = 2 << 30;
 /// Highest open-loop rate, requests per second in total.
 pub const RATE_MAX: f64 = 100_000_000.0;
 /// Default run length when neither --duration nor --requests is given, in seconds.
@@ -259,6 +266,18 @@ impl WorkloadArgs {
                 self.value_size
             )));
         }
+        let batch_bytes = self.pipeline * self.value_size;
+        if batch_bytes > INFLIGHT_BYTES_MAX {
+            return Err(usage(format!(
+                "--pipeline x --value-size is {batch_bytes} bytes in flight per connection; at most {INFLIGHT_BYTES_MAX} (lower one of them)"
+            )));
+        }
+        if batch_bytes * self.clients > INFLIGHT_BYTES_TOTAL_MAX {
+            return Err(usage(format!(
+                "--clients x --pipeline x --value-size is {} bytes in flight; at most {INFLIGHT_BYTES_TOTAL_MAX} (lower one of them)",
+                batch_bytes * self.clients
+            )));
+        }
         if !(1..=KEYS_MAX).contains(&self.keys) {
             return Err(usage(format!("--keys must be between 1 and {KEYS_MAX}, not {}", self.keys)));
         }
@@ -366,6 +385,8 @@ mod tests {
             (&["--requests", "0"], "--requests"),
             (&["--threads", "4", "--clients", "2"], "--threads"),
             (&["--value-size", "99999999"], "--value-size"),
+            (&["--value-size", "4000000", "--pipeline", "100"], "--pipeline x --value-size"),
+            (&["--value-size", "4000000", "--clients", "1000"], "--clients x --pipeline x --value-size"),
             (&["--keys", "0"], "--keys"),
             (&["--timeout", "0"], "--timeout"),
             (&["--warmup=-2"], "--warmup"),
