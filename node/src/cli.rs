@@ -87,7 +87,7 @@ pub struct ServeArgs {
     /// Applied log bytes since the last snapshot that trigger a new one (default 67108864).
     #[arg(long)]
     pub snapshot_log_bytes: Option<u64>,
-    /// WAL appends not yet durable before the shard stops taking new batches (1..=8, default 2).
+    /// WAL appends not yet durable before the shard stops taking new batches (1..=8, default 4).
     #[arg(long)]
     pub wal_writes_in_flight: Option<u64>,
     /// How the WAL makes an append durable: dsync (one O_DSYNC write per append, several
