@@ -577,6 +577,9 @@ mod fs {
         fn check_direct_io(&self, dir: &Path) -> Result<(), String> {
             self.0.check_direct_io(dir)
         }
+        async fn probe_device(&self, dir: &Path) -> io::Result<()> {
+            self.0.probe_device(dir).await
+        }
         async fn open(&self, path: &Path) -> io::Result<FailFile> {
             self.0.open(path).await.map(FailFile)
         }

@@ -68,6 +68,13 @@ pub trait FileSystem {
     /// `Err(reason)` when files in `dir` cannot be opened with O_DIRECT.
     fn check_direct_io(&self, dir: &Path) -> Result<(), String>;
 
+    /// Called once when the WAL opens, after [`FileSystem::check_direct_io`] and before
+    /// any segment is opened: a real file system can let its runtime probe the device
+    /// on a file whose content it controls (see [`DmaFs`]). Nothing by default.
+    async fn probe_device(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
 
@@ -225,6 +232,28 @@ impl FileSystem for DmaFs {
             }
             Err(e) => Err(format!("cannot create a file in it: {e}")),
         }
+    }
+
+    /// glommio decides once per device and thread whether its polled io_uring works, by
+    /// reading block 0 of the first O_DIRECT file it opens there. An empty file answers
+    /// that read without touching the device, the probe wrongly succeeds, and from then
+    /// on every DMA read and write goes to the polled ring, whose completions nobody
+    /// reaps while the executor sleeps: a durable write then completes only at the next
+    /// timer tick (4 ms here, measured), and reads on devices without poll queues fail
+    /// with EOPNOTSUPP. The first DMA file the WAL's executor opens is therefore this
+    /// one, with one written block, whatever state the segments are in.
+    async fn probe_device(&self, dir: &Path) -> io::Result<()> {
+        let path = dir.join(DIRECT_IO_PROBE_NAME);
+        {
+            let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+            f.write_all_at(&[0u8; crate::format::BLOCK_BYTES], 0)?;
+        }
+        let opened = match OpenOptions::new().read(true).dma_open(&path).await {
+            Ok(f) => f.close().await.map(|_| ()).map_err(glommio_err),
+            Err(e) => Err(glommio_err(e)),
+        };
+        std::fs::remove_file(&path)?;
+        opened
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaSegmentFile> {

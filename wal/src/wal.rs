@@ -740,6 +740,9 @@ impl<F: FileSystem + 'static> Wal<F> {
             Err(e) => return Err(io_err("list directory", &dir, e)),
         };
         fs.check_direct_io(&dir).map_err(|reason| WalError::BadDataDir { dir: dir.clone(), reason })?;
+        fs.probe_device(&dir)
+            .await
+            .map_err(|e| io_err("probe the device with", &dir.join(crate::fs::DIRECT_IO_PROBE_NAME), e))?;
         let listing = recovery::classify_listing(&dir, &names)?;
         let mut files = Vec::with_capacity(listing.segments.len());
         let mut headers = Vec::with_capacity(listing.segments.len());
