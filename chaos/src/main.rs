@@ -53,8 +53,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=7))]
     nodes: u64,
     /// The skiff binary, built with the failpoints feature (default: the skiff beside
-    /// this executable; build both with `cargo build --release -p skiff-node --features
-    /// failpoints -p skiff-chaos`).
+    /// this executable; build both with `cargo build --release --target-dir target/chaos
+    /// -p skiff-node --features failpoints -p skiff-chaos`).
     #[arg(long)]
     skiff_bin: Option<PathBuf>,
     /// Where the run's directory goes; it must support O_DIRECT (not tmpfs).

@@ -182,7 +182,7 @@ pub enum ChaosError {
     Spawn(PathBuf, std::io::Error),
     #[error(
         "{0} has no failure points (GET /debug/failpoints answered {1}); build it with \
-         `cargo build --release -p skiff-node --features failpoints`"
+         `cargo build --release --target-dir target/chaos -p skiff-node --features failpoints`"
     )]
     NoFailpoints(PathBuf, String),
     #[error("the node does not know the crash point `{0}`; is {1} an older build?")]
