@@ -76,6 +76,7 @@ impl Procs {
         let log = std::fs::File::create(&log_path).map_err(|e| BenchError::io(format!("{}", log_path.display()), e))?;
         let log2 = log.try_clone().map_err(|e| BenchError::io("log file", e))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2)).process_group(0);
+        crate::sys::kill_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| BenchError::Spawn(format!("cannot start {name} ({:?}): {e}", cmd.get_program())))?;

@@ -1,6 +1,7 @@
 //! `--spawn` against real `skiff serve` processes: a short run works, and afterwards no
 //! process and no directory is left — also when skiff-bench is interrupted mid-run or
-//! while the cluster is still starting.
+//! while the cluster is still starting. Killed outright (SIGKILL, no clean-up at all),
+//! it still leaves no process behind.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -175,4 +176,33 @@ fn an_interrupted_spawn_run_stops_the_cluster_and_removes_its_data() {
     let status = wait_exit(&mut g);
     assert_eq!(status.code(), Some(130), "{status}");
     assert_nothing_left(&g, &dir);
+}
+
+#[test]
+fn a_killed_spawn_run_leaves_no_server_running() {
+    let Some(skiff) = skiff_bin() else { return };
+    let dir = Scratch::new("spawn-sigkill");
+    let (mut g, rx) = start(&[
+        "--spawn",
+        "3",
+        "--skiff-bin",
+        skiff.to_str().unwrap(),
+        "--data-dir",
+        dir.0.to_str().unwrap(),
+        "--duration",
+        "600",
+        "--clients",
+        "4",
+    ]);
+    wait_for(&mut g, &rx, "skiff cluster ready");
+    assert_eq!(g.node_pids.len(), 3, "three nodes were started");
+    skiff_bench::sys::signal(g.child.as_ref().unwrap().id(), libc::SIGKILL).unwrap();
+    wait_exit(&mut g);
+    // The kernel delivers the parent-death signal as the parent exits; give the nodes
+    // a moment to be reaped by init.
+    let deadline = Instant::now() + EXIT_WAIT;
+    while g.node_pids.iter().any(|p| is_skiff(*p)) {
+        assert!(Instant::now() < deadline, "nodes still running after skiff-bench was killed: {:?}", g.node_pids);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
