@@ -8,6 +8,7 @@ mod cluster;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod hostile;
+mod local;
 mod node;
 mod ordering;
 mod startup;
