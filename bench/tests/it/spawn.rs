@@ -144,22 +144,17 @@ fn a_short_spawn_run_reports_and_leaves_nothing_behind() {
     assert_eq!(v["workload"]["targets"].as_array().unwrap().len(), 3, "clients go to every node by default");
 }
 
+/// Arguments of a run that would last ten minutes: it only ends by a signal.
+fn long_run<'a>(skiff: &'a std::path::Path, dir: &'a Scratch) -> [&'a str; 10] {
+    let (skiff, dir) = (skiff.to_str().unwrap(), dir.0.to_str().unwrap());
+    ["--spawn", "3", "--skiff-bin", skiff, "--data-dir", dir, "--duration", "600", "--clients", "4"]
+}
+
 #[test]
 fn an_interrupted_spawn_run_stops_the_cluster_and_removes_its_data() {
     let Some(skiff) = skiff_bin() else { return };
     let dir = Scratch::new("spawn-sigint");
-    let args = [
-        "--spawn",
-        "3",
-        "--skiff-bin",
-        skiff.to_str().unwrap(),
-        "--data-dir",
-        dir.0.to_str().unwrap(),
-        "--duration",
-        "600",
-        "--clients",
-        "4",
-    ];
+    let args = long_run(&skiff, &dir);
     // Mid-run: after the cluster is ready and load is flowing.
     let (mut g, rx) = start(&args);
     wait_for(&mut g, &rx, "skiff cluster ready");
@@ -182,18 +177,7 @@ fn an_interrupted_spawn_run_stops_the_cluster_and_removes_its_data() {
 fn a_killed_spawn_run_leaves_no_server_running() {
     let Some(skiff) = skiff_bin() else { return };
     let dir = Scratch::new("spawn-sigkill");
-    let (mut g, rx) = start(&[
-        "--spawn",
-        "3",
-        "--skiff-bin",
-        skiff.to_str().unwrap(),
-        "--data-dir",
-        dir.0.to_str().unwrap(),
-        "--duration",
-        "600",
-        "--clients",
-        "4",
-    ]);
+    let (mut g, rx) = start(&long_run(&skiff, &dir));
     wait_for(&mut g, &rx, "skiff cluster ready");
     assert_eq!(g.node_pids.len(), 3, "three nodes were started");
     skiff_bench::sys::signal(g.child.as_ref().unwrap().id(), libc::SIGKILL).unwrap();
