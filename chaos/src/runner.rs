@@ -31,6 +31,16 @@ const LISTEN_WAIT: Duration = Duration::from_secs(15);
 
 /// Admin requests: answered from memory, so a slow answer means a stuck node.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `slow-election` waits, once the delayed election timers run again, for one
+/// of the delayed nodes to win before the muted ones may ask for votes too. A delayed
+/// node whose log is behind a muted node's cannot win (Raft §5.4.1: the muted node
+/// refuses its vote), so without this the cluster would wait for the muted nodes for
+/// the whole settle time (a 35 s leaderless period in a soak, seed 20261204).
+const SLOW_ELECTION_WAIT: Duration = Duration::from_secs(5);
+/// How long a node whose arming request got no answer is given to show that it died of
+/// the failure point it was just armed with: the point can fire (and abort the
+/// process) before the admin thread sends its reply.
+const ARM_RACE_WAIT: Duration = Duration::from_secs(2);
 
 /// Filler written while waiting for a cut-off follower to need a snapshot: big enough
 /// that a few hundred of them pass the snapshot threshold of a test cluster quickly.
@@ -470,6 +480,37 @@ impl Run<'_> {
         self.cluster.node(id).admin.clone()
     }
 
+    /// Arms a failure point that stops the process when it is reached (a crash point,
+    /// `fsync-eio`) and waits up to `wait` for the node to exit. An arming request that
+    /// got no answer still counts when the node exits: the point may have fired before
+    /// the reply went out. `Err` with what to report when it could not be armed.
+    fn arm_and_wait_exit(
+        &mut self,
+        target: u64,
+        arm: &str,
+        disarm: &str,
+        wait: Duration,
+    ) -> Result<Option<std::process::ExitStatus>, String> {
+        if !self.arm(target, arm) {
+            return match self.cluster.wait_exit(target, ARM_RACE_WAIT) {
+                Some(status) => Ok(Some(status)),
+                None => Err(format!("node {target}: could not arm")),
+            };
+        }
+        Ok(self.wait_exit_or_disarm(target, disarm, wait))
+    }
+
+    /// Waits up to `wait` for an armed node to exit; disarms it if it has not.
+    fn wait_exit_or_disarm(&mut self, target: u64, disarm: &str, wait: Duration) -> Option<std::process::ExitStatus> {
+        let exited = self.cluster.wait_exit(target, wait);
+        if exited.is_some() {
+            return exited;
+        }
+        self.arm(target, disarm);
+        // It may have been reached just as it was disarmed.
+        self.cluster.wait_exit(target, Duration::from_millis(300))
+    }
+
     /// Arms a failure point (`name?query`) on node `id`.
     fn arm(&mut self, id: u64, point: &str) -> bool {
         match http(&self.admin(id), "POST", &format!("/debug/failpoints/{point}"), ADMIN_TIMEOUT) {
@@ -654,14 +695,15 @@ impl Run<'_> {
             FaultKind::FsyncEio => {
                 let target = self.random_node(&mut rng);
                 self.say(&format!("{kind}: node {target}'s next fdatasync fails"));
-                if !self.arm(target, "fsync-eio?action=on") {
-                    return Ok(record(format!("node {target}: could not arm"), false));
-                }
-                let exited = self.cluster.wait_exit(target, self.cfg.crash_wait);
-                if exited.is_none() {
-                    self.arm(target, "fsync-eio?action=off");
-                }
-                let exited = exited.or_else(|| self.cluster.wait_exit(target, Duration::from_millis(300)));
+                let exited = match self.arm_and_wait_exit(
+                    target,
+                    "fsync-eio?action=on",
+                    "fsync-eio?action=off",
+                    self.cfg.crash_wait,
+                ) {
+                    Ok(e) => e,
+                    Err(detail) => return Ok(record(detail, false)),
+                };
                 match exited {
                     Some(status) => {
                         self.monitor.set_life(target, Life::Down);
@@ -736,8 +778,9 @@ impl Run<'_> {
                 }
                 self.kill(leader);
                 self.sleep(hold)?;
-                // The delayed timers run again by now; one of those nodes must win.
-                self.monitor.wait_leader(self.cfg.settle_wait);
+                // The delayed timers run again by now: one of those nodes wins, unless
+                // its log is behind a muted node's (then only a muted node can win).
+                self.monitor.wait_leader(SLOW_ELECTION_WAIT.min(self.cfg.settle_wait));
                 for &m in &mute {
                     self.arm(m, "no-vote-requests?action=off");
                 }
@@ -775,19 +818,22 @@ impl Run<'_> {
         if snapshot_apply && !self.fall_behind_a_snapshot(target)? {
             return Ok(record(format!("node {target}: the leader did not compact past it in time"), false));
         }
-        let armed = self.arm(target, &format!("{point}?action=crash"));
-        if snapshot_apply {
+        let (arm, disarm) = (format!("{point}?action=crash"), format!("{point}?action=off"));
+        let exited = if snapshot_apply {
+            // These points fire only once the leader's snapshot arrives, which needs the
+            // partition healed: arming cannot race with them.
+            let armed = self.arm(target, &arm);
             self.arm(target, "partition?action=off");
-        }
-        if !armed {
-            return Ok(record(format!("node {target}: could not arm"), false));
-        }
-        let mut exited = self.cluster.wait_exit(target, self.cfg.crash_wait);
-        if exited.is_none() {
-            self.arm(target, &format!("{point}?action=off"));
-            // It may have been reached just as it was disarmed.
-            exited = self.cluster.wait_exit(target, Duration::from_millis(300));
-        }
+            if !armed {
+                return Ok(record(format!("node {target}: could not arm"), false));
+            }
+            self.wait_exit_or_disarm(target, &disarm, self.cfg.crash_wait)
+        } else {
+            match self.arm_and_wait_exit(target, &arm, &disarm, self.cfg.crash_wait) {
+                Ok(e) => e,
+                Err(detail) => return Ok(record(detail, false)),
+            }
+        };
         let Some(status) = exited else {
             return Ok(record(format!("node {target}: not reached within {:?}", self.cfg.crash_wait), false));
         };
