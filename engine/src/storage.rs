@@ -319,12 +319,11 @@ impl Chunked {
         self.len += 1;
     }
 
-    /// Appends all of `ents`, moving them chunk by chunk.
+    /// Appends all of `ents`, moving them chunk by chunk with `Vec::append` (one memcpy
+    /// per chunk, not a move per entry).
     fn extend(&mut self, mut ents: Vec<Entry>) {
         self.len += ents.len();
-        let mut rest = ents.len();
-        let mut src = ents.drain(..);
-        while rest > 0 {
+        while !ents.is_empty() {
             let room = match self.chunks.back() {
                 Some(c) if c.len() < CHUNK_ENTRIES => CHUNK_ENTRIES - c.len(),
                 _ => {
@@ -332,9 +331,9 @@ impl Chunked {
                     CHUNK_ENTRIES
                 }
             };
-            let take = room.min(rest);
-            self.chunks.back_mut().expect("ensured above").extend(src.by_ref().take(take));
-            rest -= take;
+            let rest = if ents.len() > room { ents.split_off(room) } else { Vec::new() };
+            self.chunks.back_mut().expect("ensured above").append(&mut ents);
+            ents = rest;
         }
     }
 
