@@ -41,6 +41,9 @@ const SLOW_ELECTION_WAIT: Duration = Duration::from_secs(5);
 /// the failure point it was just armed with: the point can fire (and abort the
 /// process) before the admin thread sends its reply.
 const ARM_RACE_WAIT: Duration = Duration::from_secs(2);
+/// How long the lagging variant of `slow-election` keeps the leader's appends from the
+/// delayed followers before killing the leader.
+const SLOW_ELECTION_LAG: Duration = Duration::from_millis(600);
 
 /// Filler written while waiting for a cut-off follower to need a snapshot: big enough
 /// that a few hundred of them pass the snapshot threshold of a test cluster quickly.
@@ -94,6 +97,9 @@ pub struct Config {
     pub node_flags: Vec<String>,
     pub check: CheckOptions,
     pub port: PortSource,
+    /// `slow-election` with the delayed followers' logs first put behind the muted
+    /// ones' (`Some(true)`), never (`Some(false)`), or as the seed decides (`None`).
+    pub slow_election_lag: Option<bool>,
     /// Keep the run directory even when the run passes.
     pub keep: bool,
     /// Print progress (faults as they happen) to stderr.
@@ -154,6 +160,7 @@ impl Config {
             node_flags: SOAK_NODE_FLAGS.iter().map(|s| s.to_string()).collect(),
             check: CheckOptions::default(),
             port: Arc::new(default_port),
+            slow_election_lag: None,
             keep: false,
             verbose: true,
         }
@@ -586,6 +593,23 @@ impl Run<'_> {
         self.monitor.wait_leader(self.cfg.settle_wait)
     }
 
+    /// `"; delayed followers behind: commit X < Y"` when the muted followers have
+    /// committed past everything the delayed ones have seen, as the monitor saw them.
+    fn commit_gap(&self, mute: &[u64], slow: &[u64]) -> String {
+        let views = self.monitor.views();
+        let commit = |id: &u64| views.get((*id - 1) as usize).and_then(|v| v.as_ref()).map(|r| r.commit);
+        let (Some(slow_max), Some(mute_min)) =
+            (slow.iter().filter_map(commit).max(), mute.iter().filter_map(commit).min())
+        else {
+            return "; delayed followers' logs unknown".into();
+        };
+        if mute_min > slow_max {
+            format!("; delayed followers behind: commit {slow_max} < {mute_min}")
+        } else {
+            format!("; delayed followers not behind: commit {slow_max} >= {mute_min}")
+        }
+    }
+
     fn follower(&self, rng: &mut Rng) -> Option<u64> {
         let leader = self.leader()?;
         let others: Vec<u64> = self.cluster.ids().into_iter().filter(|&i| i != leader).collect();
@@ -769,12 +793,25 @@ impl Run<'_> {
                      SIGKILL leader {leader}",
                     secs(hold)
                 ));
+                // Half the time (seeded) the delayed followers first stop receiving the
+                // leader's appends for a moment while the workload writes, so that their
+                // logs are behind the muted ones' when the leader dies: only a muted
+                // node can win then (the state that found SLOW_ELECTION_WAIT).
+                let lag = self.cfg.slow_election_lag.unwrap_or_else(|| rng.chance(500));
+                let lag_time = if lag { SLOW_ELECTION_LAG } else { Duration::ZERO };
                 let mut armed = true;
                 for &m in &mute {
                     armed &= self.arm(m, "no-vote-requests?action=on");
                 }
                 for &s in &slow {
-                    armed &= self.arm(s, &format!("election-delay?ms={}", hold.as_millis()));
+                    armed &= self.arm(s, &format!("election-delay?ms={}", (hold + lag_time).as_millis()));
+                }
+                let mut behind = String::new();
+                if lag {
+                    let slow_list: Vec<String> = slow.iter().map(u64::to_string).collect();
+                    armed &= self.arm(leader, &format!("partition?peers={}&dir=out", slow_list.join(",")));
+                    self.sleep(lag_time)?;
+                    behind = self.commit_gap(&mute, &slow);
                 }
                 self.kill(leader);
                 self.sleep(hold)?;
@@ -785,7 +822,7 @@ impl Run<'_> {
                     self.arm(m, "no-vote-requests?action=off");
                 }
                 self.start(leader, &kind.name())?;
-                record(format!("leader {leader} killed; {mute:?} mute, {slow:?} delayed {}", secs(hold)), armed)
+                record(format!("leader {leader} killed; {mute:?} mute, {slow:?} delayed {}{behind}", secs(hold)), armed)
             }
             FaultKind::ClusterRestart => {
                 self.say(&format!("{kind}: SIGKILL every node, restart after {}", secs(hold / 2)));
@@ -1310,6 +1347,99 @@ mod tests {
         // Nodes disagreeing in the final reads is a problem of its own.
         let (_, p) = acked_writes(&[w(1, (0, 1), 10), fin(3, 10), fin(4, 11)]);
         assert_eq!(p.len(), 1);
+    }
+
+    /// A fake node: `script` runs as the "skiff" binary; its admin port is `admin`.
+    fn fake_node_run(dir: &Path, script: &str, admin: &str) -> (Config, Cluster) {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("fake-skiff");
+        std::fs::write(&bin, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let addrs = NodeAddrs {
+            id: 1,
+            client: "127.0.0.1:1".into(),
+            peer: "127.0.0.1:1".into(),
+            admin: admin.into(),
+            dir: dir.join("node-1"),
+            log: dir.join("node-1.log"),
+        };
+        let mut cfg = Config::soak(bin.clone(), 1, Duration::ZERO);
+        cfg.verbose = false;
+        let mut cluster = Cluster::new(bin, "fake", vec![addrs], Vec::new());
+        cluster.start(1, false).unwrap();
+        (cfg, cluster)
+    }
+
+    /// An admin port that reads one request and closes without answering: what a node
+    /// does when the point it was just armed with aborts it before the reply goes out.
+    fn admin_that_never_answers() -> (String, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (addr, t)
+    }
+
+    /// Regression (30-minute soak, seed 20261204): a crash point reached before the admin
+    /// thread sent the arming reply was taken for a failed arming, and the abort that
+    /// followed reported as an unexpected exit.
+    #[test]
+    fn a_crash_before_the_arming_reply_counts_as_the_crash() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = std::env::temp_dir().join(format!("skiff-chaos-arm-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (admin, server) = admin_that_never_answers();
+        let (cfg, cluster) = fake_node_run(&dir, "sleep 0.5; kill -ABRT $$", &admin);
+        let mut run = Run {
+            cfg: &cfg,
+            t0: Instant::now(),
+            cluster,
+            monitor: Monitor::new(Vec::new()),
+            faults: Vec::new(),
+            problems: Vec::new(),
+        };
+        let got = run.arm_and_wait_exit(
+            1,
+            "wal-before-write?action=crash",
+            "wal-before-write?action=off",
+            Duration::from_secs(10),
+        );
+        server.join().unwrap();
+        let status = got.expect("the abort is the crash that was armed").expect("the node exited");
+        assert_eq!(status.signal(), Some(libc::SIGABRT));
+        assert!(run.problems.is_empty(), "{:?}", run.problems);
+
+        // A node that got no reply and lives on was not armed.
+        let (admin, server) = admin_that_never_answers();
+        let (cfg, cluster) = fake_node_run(&dir, "exec sleep 60", &admin);
+        let mut run = Run {
+            cfg: &cfg,
+            t0: Instant::now(),
+            cluster,
+            monitor: Monitor::new(Vec::new()),
+            faults: Vec::new(),
+            problems: Vec::new(),
+        };
+        let got = run.arm_and_wait_exit(
+            1,
+            "wal-before-write?action=crash",
+            "wal-before-write?action=off",
+            Duration::from_secs(10),
+        );
+        server.join().unwrap();
+        assert_eq!(got, Err("node 1: could not arm".to_string()));
+        assert!(run.cluster.running(1));
+        drop(run); // kills the fake node
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

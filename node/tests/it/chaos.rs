@@ -51,3 +51,43 @@ fn chaos_smoke_run_passes() {
     }
     assert!(report.check.ops > 0 && report.acked.acked > 0, "the workload ran:\n{report}");
 }
+
+/// Regression (30-minute soak, seed 20261204): `slow-election` waited for a delayed
+/// follower to win, but one whose log is behind a muted follower's cannot (the muted
+/// one refuses its vote, Raft §5.4.1), so the cluster stayed leaderless for the whole
+/// settle time (35 s in the soak). Here the delayed follower is always put behind: a
+/// muted follower must be let campaign, and win, well within the settle time.
+#[test]
+fn slow_election_with_the_delayed_follower_behind_elects_a_muted_one() {
+    let seed = 20261204;
+    let mut cfg = Config::soak(PathBuf::from(env!("CARGO_BIN_EXE_skiff")), seed, Duration::from_secs(1));
+    cfg.work_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    cfg.faults = vec![FaultKind::SlowElection];
+    cfg.slow_election_lag = Some(true);
+    cfg.warmup = Duration::from_secs(1);
+    cfg.cooldown = Duration::from_secs(1);
+    cfg.clients = 3;
+    cfg.think = Duration::from_millis(5);
+    cfg.hold_ms = (300, 600);
+    cfg.gap_ms = (200, 300);
+    // Long enough that waiting it out (the bug) is told apart from the 5 s the runner
+    // gives the delayed followers.
+    cfg.settle_wait = Duration::from_secs(25);
+    cfg.port = Arc::new(free_port);
+    cfg.node_flags = TEST_FLAGS.iter().map(|s| s.to_string()).collect();
+    cfg.node_flags.extend(["--request-timeout-ms", "1500"].map(String::from));
+    let report = run(&cfg).unwrap_or_else(|e| panic!("the chaos run could not run: {e}"));
+    println!("{report}");
+    assert!(report.passed(), "the chaos run found a problem:\n{report}");
+    let faults: Vec<_> = report.faults.iter().filter(|f| f.kind == FaultKind::SlowElection).collect();
+    assert!(!faults.is_empty() && faults.iter().all(|f| f.took_effect), "{report}");
+    assert!(
+        faults.iter().any(|f| f.detail.contains("delayed followers behind")),
+        "the delayed follower's log was never behind:\n{report}"
+    );
+    let longest = report.measured.leaderless.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest < cfg.settle_wait,
+        "leaderless for {longest:?}: the runner waited out the settle time instead of unmuting:\n{report}"
+    );
+}
