@@ -68,6 +68,30 @@ fn kill_all_registered() {
     l.clear();
 }
 
+/// Makes the node `cmd` starts get SIGKILL when this process dies however it dies
+/// (`PR_SET_PDEATHSIG`): a runner killed outright (a CI timeout) leaves no node
+/// behind; its run directory stays. Linux ties the signal to the spawning thread, and
+/// a run starts and restarts its nodes from the thread that called `run`, which lives
+/// until the run is over.
+fn kill_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and makes only two
+    // async-signal-safe system calls, touching no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would send it.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("skiff-chaos exited while starting a node"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// One node's addresses and files.
 #[derive(Clone, Debug)]
 pub struct NodeAddrs {
@@ -143,7 +167,9 @@ impl Cluster {
         assert!(self.procs[(id - 1) as usize].is_none(), "node {id} is already running");
         let args = self.args(id, bootstrap);
         let log = OpenOptions::new().create(true).append(true).open(&self.node(id).log)?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        kill_with_parent(&mut cmd);
+        let child = cmd
             .args(&args)
             .env("SKIFF_LOG", std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

@@ -397,10 +397,10 @@ impl<T: Default> Chunked<T> {
     }
 
     /// Appends all of `ents`, filling the last chunk, then new ones.
-    fn extend(&mut self, ents: impl ExactSizeIterator<Item = T>) {
-        self.len += ents.len();
-        let mut ents = ents.peekable();
-        while ents.peek().is_some() {
+    fn extend(&mut self, mut ents: impl ExactSizeIterator<Item = T>) {
+        let mut left = ents.len();
+        self.len += left;
+        while left > 0 {
             let room = match self.chunks.back() {
                 Some(c) if c.len() < CHUNK_ENTRIES => CHUNK_ENTRIES - c.len(),
                 _ => {
@@ -408,7 +408,11 @@ impl<T: Default> Chunked<T> {
                     CHUNK_ENTRIES
                 }
             };
-            self.chunks.back_mut().expect("ensured above").extend(ents.by_ref().take(room));
+            let n = room.min(left);
+            // `take` of a vector's iterator keeps its exact length: one reservation and
+            // a plain copy loop per chunk.
+            self.chunks.back_mut().expect("ensured above").extend(ents.by_ref().take(n));
+            left -= n;
         }
     }
 
