@@ -7,8 +7,9 @@
 # Prints, for each system: SET throughput and p50/p99 with 64 clients
 # (redis-benchmark -t set -c 64 -d 100 -r 100000 -n N), single-client p50/p99 (-c 1),
 # pipelined throughput (-c 64 -P 16), and for Skiff the CPU time of the three node
-# processes per write (utime + stime from /proc, over the 64-client run). Ends with
-# skiff_vs_redis_aof_ratio=X (64-client throughput, Skiff over Redis).
+# processes per write and the leader's share (utime + stime from /proc, over the
+# 64-client run). Ends with skiff_vs_redis_aof_ratio=X (64-client throughput, Skiff
+# over Redis).
 #
 # Needs redis-server and redis-benchmark (Debian: apt-get install redis-server
 # redis-tools) and a release build of skiff (cargo build --release -p skiff-node).
@@ -87,10 +88,13 @@ LPORT=${CLIENT[$LEADER]}
 # Warm up over the whole key space, so the measured run writes into a full map.
 bench "$LPORT" -c 64 -n 200000 >/dev/null
 before=$(cpu_ticks "${SKIFF_PIDS[@]}")
+lead_before=$(cpu_ticks "${SKIFF_PIDS[$((LEADER - 1))]}")
 read -r s_rps s_p50 s_p99 < <(bench "$LPORT" -c 64 -n "$N")
 after=$(cpu_ticks "${SKIFF_PIDS[@]}")
+lead_after=$(cpu_ticks "${SKIFF_PIDS[$((LEADER - 1))]}")
 hz=$(getconf CLK_TCK)
 s_cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+s_cpu_lead=$(awk -v t=$((lead_after - lead_before)) -v hz="$hz" -v n="$N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
 read -r _ s1_p50 s1_p99 < <(bench "$LPORT" -c 1 -n 20000)
 read -r sp_rps _ _ < <(bench "$LPORT" -c 64 -P 16 -n "$N")
 for p in "${SKIFF_PIDS[@]}"; do kill -TERM "$p"; done
@@ -114,5 +118,6 @@ printf '%-34s %14s %14s\n' "p50 / p99 ms, 64 clients" "$s_p50 / $s_p99" "$r_p50 
 printf '%-34s %14s %14s\n' "p50 / p99 ms, 1 client" "$s1_p50 / $s1_p99" "$r1_p50 / $r1_p99"
 printf '%-34s %14s %14s\n' "SET/s, 64 clients, pipeline 16" "$sp_rps" "$rp_rps"
 printf '%-34s %14s %14s\n' "cluster CPU us per write" "$s_cpu" "-"
+printf '%-34s %14s %14s\n' "  of which the leader's" "$s_cpu_lead" "-"
 awk -v s="$s_rps" -v r="$r_rps" 'BEGIN {printf "skiff_vs_redis_aof_ratio=%.3f\n", s / r}'
 awk -v s="$sp_rps" -v r="$rp_rps" 'BEGIN {printf "skiff_vs_redis_aof_pipelined_ratio=%.3f\n", s / r}'
