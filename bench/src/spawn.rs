@@ -76,7 +76,10 @@ impl Procs {
         let log = std::fs::File::create(&log_path).map_err(|e| BenchError::io(format!("{}", log_path.display()), e))?;
         let log2 = log.try_clone().map_err(|e| BenchError::io("log file", e))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2)).process_group(0);
-        crate::sys::kill_with_parent(&mut cmd);
+        // A skiff-bench killed with SIGKILL, which runs no clean-up, still leaves no
+        // server behind (its data directory stays; it is named in the log). Servers are
+        // spawned from the main thread, which lives for the whole run.
+        skiff_net::child::signal_on_parent_death(&mut cmd, libc::SIGKILL, "skiff-bench");
         let child = cmd
             .spawn()
             .map_err(|e| BenchError::Spawn(format!("cannot start {name} ({:?}): {e}", cmd.get_program())))?;

@@ -18,30 +18,6 @@ pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
-/// Makes the child `cmd` starts get SIGKILL when this process dies, however it dies
-/// (`PR_SET_PDEATHSIG`): a skiff-bench killed with SIGKILL, which runs no clean-up,
-/// still leaves no server behind (its data directory stays; it is named in the log).
-/// Linux ties the signal to the thread that spawns the child, so servers are spawned
-/// from the main thread, which lives for the whole run.
-pub fn kill_with_parent(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and makes only two
-    // async-signal-safe system calls, touching no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would send it.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("skiff-bench exited while starting a server"));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// User plus system CPU time this process has used so far (all threads).
 pub fn self_cpu() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();

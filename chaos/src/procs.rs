@@ -68,30 +68,6 @@ fn kill_all_registered() {
     l.clear();
 }
 
-/// Makes the node `cmd` starts get SIGKILL when this process dies however it dies
-/// (`PR_SET_PDEATHSIG`): a runner killed outright (a CI timeout) leaves no node
-/// behind; its run directory stays. Linux ties the signal to the spawning thread, and
-/// a run starts and restarts its nodes from the thread that called `run`, which lives
-/// until the run is over.
-fn kill_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and makes only two
-    // async-signal-safe system calls, touching no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would send it.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("skiff-chaos exited while starting a node"));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// One node's addresses and files.
 #[derive(Clone, Debug)]
 pub struct NodeAddrs {
@@ -168,7 +144,10 @@ impl Cluster {
         let args = self.args(id, bootstrap);
         let log = OpenOptions::new().create(true).append(true).open(&self.node(id).log)?;
         let mut cmd = Command::new(&self.bin);
-        kill_with_parent(&mut cmd);
+        // A runner killed outright (a CI timeout) leaves no node behind; its run
+        // directory stays. Nodes are started and restarted from the thread that called
+        // `run`, which lives until the run is over.
+        skiff_net::child::signal_on_parent_death(&mut cmd, libc::SIGKILL, "skiff-chaos");
         let child = cmd
             .args(&args)
             .env("SKIFF_LOG", std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()))

@@ -1392,53 +1392,46 @@ mod tests {
     /// Regression (30-minute soak, seed 20261204): a crash point reached before the admin
     /// thread sent the arming reply was taken for a failed arming, and the abort that
     /// followed reported as an unexpected exit.
+    /// Arms a crash point on a fake node running `script` whose admin port never
+    /// answers; what `arm_and_wait_exit` made of it, and whether the node still runs.
+    fn arm_unanswered(dir: &Path, script: &str) -> (Result<Option<std::process::ExitStatus>, String>, bool) {
+        let (admin, server) = admin_that_never_answers();
+        let (cfg, cluster) = fake_node_run(dir, script, &admin);
+        let mut run = Run {
+            cfg: &cfg,
+            t0: Instant::now(),
+            cluster,
+            monitor: Monitor::new(Vec::new()),
+            faults: Vec::new(),
+            problems: Vec::new(),
+        };
+        let got = run.arm_and_wait_exit(
+            1,
+            "wal-before-write?action=crash",
+            "wal-before-write?action=off",
+            Duration::from_secs(10),
+        );
+        server.join().unwrap();
+        assert!(run.problems.is_empty(), "{:?}", run.problems);
+        (got, run.cluster.running(1)) // dropping `run` kills a node still running
+    }
+
+    /// Regression (30-minute soak, seed 20261204): a crash point reached before the admin
+    /// thread sent the arming reply was taken for a failed arming, and the abort that
+    /// followed reported as an unexpected exit.
     #[test]
     fn a_crash_before_the_arming_reply_counts_as_the_crash() {
         use std::os::unix::process::ExitStatusExt;
         let dir = std::env::temp_dir().join(format!("skiff-chaos-arm-race-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (admin, server) = admin_that_never_answers();
-        let (cfg, cluster) = fake_node_run(&dir, "sleep 0.5; kill -ABRT $$", &admin);
-        let mut run = Run {
-            cfg: &cfg,
-            t0: Instant::now(),
-            cluster,
-            monitor: Monitor::new(Vec::new()),
-            faults: Vec::new(),
-            problems: Vec::new(),
-        };
-        let got = run.arm_and_wait_exit(
-            1,
-            "wal-before-write?action=crash",
-            "wal-before-write?action=off",
-            Duration::from_secs(10),
-        );
-        server.join().unwrap();
+        let (got, running) = arm_unanswered(&dir, "sleep 0.5; kill -ABRT $$");
         let status = got.expect("the abort is the crash that was armed").expect("the node exited");
         assert_eq!(status.signal(), Some(libc::SIGABRT));
-        assert!(run.problems.is_empty(), "{:?}", run.problems);
-
+        assert!(!running);
         // A node that got no reply and lives on was not armed.
-        let (admin, server) = admin_that_never_answers();
-        let (cfg, cluster) = fake_node_run(&dir, "exec sleep 60", &admin);
-        let mut run = Run {
-            cfg: &cfg,
-            t0: Instant::now(),
-            cluster,
-            monitor: Monitor::new(Vec::new()),
-            faults: Vec::new(),
-            problems: Vec::new(),
-        };
-        let got = run.arm_and_wait_exit(
-            1,
-            "wal-before-write?action=crash",
-            "wal-before-write?action=off",
-            Duration::from_secs(10),
-        );
-        server.join().unwrap();
+        let (got, running) = arm_unanswered(&dir, "exec sleep 60");
         assert_eq!(got, Err("node 1: could not arm".to_string()));
-        assert!(run.cluster.running(1));
-        drop(run); // kills the fake node
+        assert!(running);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

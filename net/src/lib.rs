@@ -15,10 +15,12 @@
 //! - [`transport`]: the glommio [`Transport`] a shard owns: listener, dialers, writers.
 //! - [`resp`]: the RESP2 request/reply codec.
 //! - [`client`]: a RESP2 client connection on glommio (pipelining, protocol errors).
+//! - [`child`]: the parent-death signal for programs that start nodes.
 //!
 //! The wire format is described in `docs/wire-format.md`.
 
 pub mod backoff;
+pub mod child;
 pub mod client;
 pub mod frame;
 pub mod handshake;

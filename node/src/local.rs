@@ -109,29 +109,6 @@ pub fn stop_children(children: &mut [Child]) {
     }
 }
 
-/// Makes the node `cmd` starts receive SIGTERM when this process dies however it dies
-/// (`PR_SET_PDEATHSIG`): a `skiff local` killed outright, which runs no clean-up, still
-/// stops its nodes gracefully (their data directory stays). Linux ties the signal to
-/// the spawning thread; `skiff local` spawns from its main thread, which lives until
-/// the nodes are stopped.
-fn stop_with_parent(cmd: &mut Command) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and makes only two
-    // async-signal-safe system calls, touching no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would send it.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("skiff local exited while starting a node"));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Runs `skiff local` until Ctrl-C or a node exits. Returns the process exit code.
 pub fn run(args: &LocalArgs) -> i32 {
     if args.nodes == 0 || args.nodes > 9 {
@@ -169,7 +146,10 @@ pub fn run(args: &LocalArgs) -> i32 {
         // signal, so the terminal's SIGINT must not reach it too).
         let mut cmd = Command::new(&exe);
         cmd.args(serve_args(n, &nodes, &args.serve_args)).process_group(0);
-        stop_with_parent(&mut cmd);
+        // A `skiff local` killed outright, which runs no clean-up, still stops its
+        // nodes gracefully (their data directory stays). Nodes are spawned from the
+        // main thread, which lives until they are stopped.
+        skiff_net::child::signal_on_parent_death(&mut cmd, libc::SIGTERM, "skiff local");
         match cmd.spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
