@@ -29,6 +29,7 @@
 //! }
 //! ```
 
+mod crc;
 pub mod error;
 pub mod format;
 pub mod fs;
