@@ -533,7 +533,12 @@ impl Env {
                 let (last_term, last_index) = parse_term_index(&c.scan::<String>("last").expect("last=T/I"));
                 MessageBody::Vote { pre: flag("pre"), last_index, last_term, transfer: flag("transfer") }
             }
-            "vote-response" => MessageBody::VoteResponse { pre: flag("pre"), reject: flag("reject") },
+            "vote-response" => MessageBody::VoteResponse {
+                pre: flag("pre"),
+                reject: flag("reject"),
+                commit: c.scan("commit").unwrap_or(0),
+                commit_term: c.scan("commit-term").unwrap_or(0),
+            },
             "timeout-now" => MessageBody::TimeoutNow,
             "snapshot" => {
                 let (t, i) = parse_term_index(&c.scan::<String>("snap").expect("snap=T/I"));

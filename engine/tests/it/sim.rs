@@ -934,6 +934,23 @@ fn fixed_seeds_750_to_999() {
     fixed_part(3);
 }
 
+/// Seeds a long sweep found failing, kept in the default run.
+///
+/// 1796414610601729683: a liveness failure. Node 3 applied its own demotion to learner
+/// (voters {1, 2}) and had the longest log; node 2, which had not learned that the
+/// change committed, still counted {2, 3} as voters and asked node 3, which refused it
+/// (longer log) and, as a learner, never campaigned itself; node 1 was behind both. No
+/// leader could ever be elected. Fixed by vote rejections carrying the voter's commit
+/// index (`Raft::commit_from_vote_rejection`).
+#[test]
+fn regression_seeds() {
+    for seed in [1_796_414_610_601_729_683] {
+        if let Err(e) = run(Options::from_seed(seed)) {
+            panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
+        }
+    }
+}
+
 #[test]
 fn seed_from_env() {
     if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
