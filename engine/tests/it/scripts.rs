@@ -53,4 +53,5 @@ scripts! {
     snapshot,
     stale_candidate,
     transfer,
+    vote_rejection_commit,
 }
