@@ -767,9 +767,17 @@ impl<S: Storage> Raft<S> {
     /// entry with the same index and term in our log means the same prefix (Log
     /// Matching), so committing up to it is what a leader would tell us. The candidate
     /// then applies the change and campaigns under the configuration that holds.
+    ///
+    /// A (pre-)candidate that learns of new commits this way abandons its campaign and
+    /// waits for its next election timeout: the newly committed entries may change the
+    /// configuration it campaigns under (even remove it), and a member must not
+    /// campaign while a committed change is unapplied.
     fn commit_from_vote_rejection(&mut self, commit: Index, commit_term: Term) {
         if commit > self.log.committed && self.log.maybe_commit(commit, commit_term) {
             self.stats.commits_from_vote_rejections += 1;
+            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
+                self.become_follower(self.term, NO_NODE);
+            }
         }
     }
 

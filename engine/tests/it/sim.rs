@@ -886,7 +886,12 @@ pub fn run(opts: Options) -> Result<Report, String> {
 fn run_seeds(seeds: impl Iterator<Item = u64>) -> Report {
     let mut total = Report::default();
     for seed in seeds {
-        match run(Options::from_seed(seed)) {
+        // An assertion inside the engine panics; name the seed for that too.
+        let outcome = std::panic::catch_unwind(|| run(Options::from_seed(seed))).unwrap_or_else(|p| {
+            let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(format!("seed {seed}: panicked: {}", what.unwrap_or_default()))
+        });
+        match outcome {
             Ok(r) => {
                 total.leaders_elected += r.leaders_elected;
                 total.entries_committed += r.entries_committed;
@@ -942,9 +947,14 @@ fn fixed_seeds_750_to_999() {
 /// (longer log) and, as a learner, never campaigned itself; node 1 was behind both. No
 /// leader could ever be elected. Fixed by vote rejections carrying the voter's commit
 /// index (`Raft::commit_from_vote_rejection`).
+///
+/// 1796415177936833537: found by the next sweep, with that fix: a candidate learned of
+/// new commits from a rejection, applied a membership change that removed it while
+/// still campaigning, won, and tripped "a leader is a voter". A candidate that learns
+/// of new commits now abandons its campaign.
 #[test]
 fn regression_seeds() {
-    for seed in [1_796_414_610_601_729_683] {
+    for seed in [1_796_414_610_601_729_683, 1_796_415_177_936_833_537] {
         if let Err(e) = run(Options::from_seed(seed)) {
             panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
         }
