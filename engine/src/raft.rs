@@ -690,9 +690,14 @@ impl<S: Storage> Raft<S> {
             self.stats.msgs_stale_term += 1;
             match m.body {
                 // A deposed leader (or one cut off and healed) learns the new term from
-                // our answer and steps down; without this, with PreVote/CheckQuorum it
-                // could keep a follower from ever timing out (etcd).
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } if self.check_quorum || self.pre_vote => {
+                // our answer and steps down (Raft Figure 2: replies carry currentTerm).
+                // With PreVote/CheckQuorum it could otherwise keep a follower from ever
+                // timing out (etcd). etcd answers only with one of those on, relying on
+                // the higher-term member to campaign; a learner never does, so a
+                // learner that saw a higher term (a vote request from a member removed
+                // while cut off) ignored the leader's appends forever (simulator seed
+                // 1796415882901706226). We always answer.
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                     self.send(
                         m.from,
                         self.term,
