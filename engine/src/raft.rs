@@ -122,8 +122,6 @@ pub struct Stats {
     pub snapshots_sent: u64,
     /// Storage reads that failed (other than "compacted" / "not yet available").
     pub storage_errors: u64,
-    /// Commit indexes learned from vote rejections (`commit_from_vote_rejection`).
-    pub commits_from_vote_rejections: u64,
 }
 
 /// One heartbeat round: a broadcast whose quorum acknowledgement confirms leadership as
@@ -628,11 +626,6 @@ impl<S: Storage> Raft<S> {
             }
             MessageBody::Heartbeat { commit, .. } => big(*commit),
             MessageBody::Vote { last_index, last_term, .. } => big(*last_index) || big(*last_term),
-            // A committed entry's term is at most the voter's current term; a grant
-            // carries no commit index.
-            MessageBody::VoteResponse { reject, commit, commit_term, .. } => {
-                big(*commit) || *commit_term > m.term || (!*reject && (*commit, *commit_term) != (0, 0))
-            }
             MessageBody::ReadIndexResponse { index, .. } => big(*index),
             MessageBody::Snapshot { snapshot } => {
                 snapshot.is_empty()
@@ -670,7 +663,7 @@ impl<S: Storage> Raft<S> {
                 MessageBody::Vote { pre: true, .. } => {}
                 // Granted pre-votes come back at the future term; our term moves only
                 // when we really campaign.
-                MessageBody::VoteResponse { pre: true, reject: false, .. } => {}
+                MessageBody::VoteResponse { pre: true, reject: false } => {}
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                     self.become_follower(m.term, m.from)
                 }
@@ -709,7 +702,9 @@ impl<S: Storage> Raft<S> {
                 // currentTerm). etcd ignores stale vote requests; then a candidate that
                 // nobody else talks to — one that a voter's stale configuration lists
                 // as a learner, say — stays behind forever and the cluster cannot elect.
-                MessageBody::Vote { pre, .. } => self.reject_vote(m.from, pre),
+                MessageBody::Vote { pre, .. } => {
+                    self.send(m.from, self.term, MessageBody::VoteResponse { pre, reject: true });
+                }
                 _ => {}
             }
             return;
@@ -718,9 +713,6 @@ impl<S: Storage> Raft<S> {
         if m.body.is_response() && !self.tracker.is_member(m.from) {
             self.stats.msgs_from_non_member += 1;
             return;
-        }
-        if let MessageBody::VoteResponse { reject: true, commit, commit_term, .. } = m.body {
-            self.commit_from_vote_rejection(commit, commit_term);
         }
         if let MessageBody::Vote { pre, last_index, last_term, .. } = m.body {
             self.handle_vote_request(&m, pre, last_index, last_term);
@@ -743,46 +735,13 @@ impl<S: Storage> Raft<S> {
             || (pre && m.term > self.term);
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             // The grant carries the request's term, so a pre-candidate can count it.
-            self.send(m.from, m.term, MessageBody::VoteResponse { pre, reject: false, commit: 0, commit_term: 0 });
+            self.send(m.from, m.term, MessageBody::VoteResponse { pre, reject: false });
             if !pre {
                 self.election_elapsed = 0;
                 self.vote = m.from;
             }
         } else {
-            self.reject_vote(m.from, pre);
-        }
-    }
-
-    /// Refuses a (pre-)vote at our term, telling the candidate our commit index.
-    fn reject_vote(&mut self, to: NodeId, pre: bool) {
-        let commit = self.log.committed;
-        let commit_term = self.log.term(commit).unwrap_or(0);
-        let (commit, commit_term) = if commit_term == 0 { (0, 0) } else { (commit, commit_term) };
-        self.send(to, self.term, MessageBody::VoteResponse { pre, reject: true, commit, commit_term });
-    }
-
-    /// Learns a commit index from a vote rejection (the fix etcd-io/etcd#12359 proposes
-    /// for apply-time membership changes). Membership takes effect when applied, so a
-    /// member that has not learned that a change committed campaigns under the old
-    /// configuration; when the voters it asks have longer logs than it but one of them
-    /// believes itself demoted to learner (it applied the change) and so never
-    /// campaigns, nobody can win, and without a leader nobody learns the commit index:
-    /// the cluster stays leaderless for good (found by the simulator's long sweep, seed
-    /// 1796414610601729683). Any member's commit index names a committed entry, and an
-    /// entry with the same index and term in our log means the same prefix (Log
-    /// Matching), so committing up to it is what a leader would tell us. The candidate
-    /// then applies the change and campaigns under the configuration that holds.
-    ///
-    /// A (pre-)candidate that learns of new commits this way abandons its campaign and
-    /// waits for its next election timeout: the newly committed entries may change the
-    /// configuration it campaigns under (even remove it), and a member must not
-    /// campaign while a committed change is unapplied.
-    fn commit_from_vote_rejection(&mut self, commit: Index, commit_term: Term) {
-        if commit > self.log.committed && self.log.maybe_commit(commit, commit_term) {
-            self.stats.commits_from_vote_rejections += 1;
-            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
-                self.become_follower(self.term, NO_NODE);
-            }
+            self.send(m.from, self.term, MessageBody::VoteResponse { pre, reject: true });
         }
     }
 
@@ -920,7 +879,7 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.handle_snapshot(m.from, snapshot);
             }
-            MessageBody::VoteResponse { pre, reject, .. } if pre == (self.role == Role::PreCandidate) => {
+            MessageBody::VoteResponse { pre, reject } if pre == (self.role == Role::PreCandidate) => {
                 self.tracker.record_vote(m.from, !reject);
                 match self.tracker.vote_result() {
                     VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false),

@@ -251,11 +251,8 @@ pub enum MessageBody {
     /// marks a campaign started by leadership transfer, which bypasses leader
     /// stickiness (§4.2.3 / §6 of the dissertation).
     Vote { pre: bool, last_index: Index, last_term: Term, transfer: bool },
-    /// Answer to `Vote`. A rejection carries the voter's commit index and that entry's
-    /// term (0, 0 in a grant): a candidate whose configuration is stale because it has
-    /// not learned that a membership change committed can catch up through it (see
-    /// `Raft::commit_from_vote_rejection`).
-    VoteResponse { pre: bool, reject: bool, commit: Index, commit_term: Term },
+    /// Answer to `Vote`.
+    VoteResponse { pre: bool, reject: bool },
     /// InstallSnapshot (Raft §7).
     Snapshot { snapshot: Snapshot },
     /// Leadership transfer: the recipient campaigns at once (dissertation §3.10).

@@ -1245,11 +1245,6 @@ const SHARD_COUNTERS: &[(&str, &str, ReportValue)] = &[
     ("skiff_raft_transfers_aborted_total", "Leadership transfers abandoned after an election timeout.", |r| {
         r.status.engine.transfers_aborted
     }),
-    (
-        "skiff_raft_commits_from_vote_rejections_total",
-        "Commit indexes learned from vote rejections (a stale membership catching up without a leader).",
-        |r| r.status.engine.commits_from_vote_rejections,
-    ),
     ("skiff_raft_proposals_dropped_total", "Proposals the Raft engine dropped.", |r| r.status.engine.proposals_dropped),
     ("skiff_raft_reads_dropped_total", "Read requests the Raft engine dropped.", |r| r.status.engine.reads_dropped),
     ("skiff_raft_conf_changes_invalid_total", "Membership changes that were no-ops or invalid when applied.", |r| {

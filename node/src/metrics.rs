@@ -1022,7 +1022,6 @@ pub struct EngineStats {
     pub transfers_aborted: u64,
     pub snapshots_sent: u64,
     pub storage_errors: u64,
-    pub commits_from_vote_rejections: u64,
 }
 
 impl From<&skiff_engine::Stats> for EngineStats {
@@ -1043,7 +1042,6 @@ impl From<&skiff_engine::Stats> for EngineStats {
             transfers_aborted: s.transfers_aborted,
             snapshots_sent: s.snapshots_sent,
             storage_errors: s.storage_errors,
-            commits_from_vote_rejections: s.commits_from_vote_rejections,
         }
     }
 }

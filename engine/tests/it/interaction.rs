@@ -533,12 +533,7 @@ impl Env {
                 let (last_term, last_index) = parse_term_index(&c.scan::<String>("last").expect("last=T/I"));
                 MessageBody::Vote { pre: flag("pre"), last_index, last_term, transfer: flag("transfer") }
             }
-            "vote-response" => MessageBody::VoteResponse {
-                pre: flag("pre"),
-                reject: flag("reject"),
-                commit: c.scan("commit").unwrap_or(0),
-                commit_term: c.scan("commit-term").unwrap_or(0),
-            },
+            "vote-response" => MessageBody::VoteResponse { pre: flag("pre"), reject: flag("reject") },
             "timeout-now" => MessageBody::TimeoutNow,
             "snapshot" => {
                 let (t, i) = parse_term_index(&c.scan::<String>("snap").expect("snap=T/I"));

@@ -53,5 +53,4 @@ scripts! {
     snapshot,
     stale_candidate,
     transfer,
-    vote_rejection_commit,
 }

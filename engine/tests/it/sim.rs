@@ -976,18 +976,6 @@ fn fixed_seeds_750_to_999() {
 
 /// Seeds a long sweep found failing, kept in the default run.
 ///
-/// 1796414610601729683: a liveness failure. Node 3 applied its own demotion to learner
-/// (voters {1, 2}) and had the longest log; node 2, which had not learned that the
-/// change committed, still counted {2, 3} as voters and asked node 3, which refused it
-/// (longer log) and, as a learner, never campaigned itself; node 1 was behind both. No
-/// leader could ever be elected. Fixed by vote rejections carrying the voter's commit
-/// index (`Raft::commit_from_vote_rejection`).
-///
-/// 1796415177936833537: found by the next sweep, with that fix: a candidate learned of
-/// new commits from a rejection, applied a membership change that removed it while
-/// still campaigning, won, and tripped "a leader is a voter". A candidate that learns
-/// of new commits now abandons its campaign.
-///
 /// 1796415177936860640: not an engine bug. Without PreVote and CheckQuorum, a member
 /// removed while cut off kept starting elections at ever higher terms and the other
 /// two never kept a leader long enough to commit; the liveness check now stops such
@@ -1000,12 +988,29 @@ fn fixed_seeds_750_to_999() {
 /// always answered with the current term.
 #[test]
 fn regression_seeds() {
-    for seed in
-        [1_796_414_610_601_729_683, 1_796_415_177_936_833_537, 1_796_415_177_936_860_640, 1_796_415_882_901_706_226]
-    {
+    for seed in [1_796_415_177_936_860_640, 1_796_415_882_901_706_226] {
         if let Err(e) = run(Options::from_seed(seed)) {
             panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
         }
+    }
+}
+
+/// An open liveness bug, not fixed yet (run it explicitly). Seed 1796414610601729683:
+/// after apply-time membership changes, node 3 had applied its own demotion to learner
+/// and held the longest log; node 2 had the change in its log but had not learned it
+/// committed, so it still counted {2, 3} as voters and asked node 3, which refused it
+/// (longer log) and, a learner in its own view, never campaigned; node 1 was behind
+/// both. Without a leader nobody learns the commit index: no leader is ever elected
+/// (etcd-io/etcd#12359). A fix that carried the commit index in vote rejections made
+/// this seed pass but let a later sweep elect two leaders in one term (seed
+/// 1796416375865743016, with a candidate abandoning its campaign on learning of new
+/// commits), so it was taken out; see docs/engine.md, Membership.
+#[test]
+#[ignore = "open liveness bug"]
+fn known_liveness_failure() {
+    let seed = 1_796_414_610_601_729_683;
+    if let Err(e) = run(Options::from_seed(seed)) {
+        panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
     }
 }
 
