@@ -1389,9 +1389,6 @@ mod tests {
         (addr, t)
     }
 
-    /// Regression (30-minute soak, seed 20261204): a crash point reached before the admin
-    /// thread sent the arming reply was taken for a failed arming, and the abort that
-    /// followed reported as an unexpected exit.
     /// Arms a crash point on a fake node running `script` whose admin port never
     /// answers; what `arm_and_wait_exit` made of it, and whether the node still runs.
     fn arm_unanswered(dir: &Path, script: &str) -> (Result<Option<std::process::ExitStatus>, String>, bool) {

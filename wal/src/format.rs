@@ -317,10 +317,11 @@ pub fn encode_batch(
     let count = u32::try_from(records.len()).expect("record count fits u32");
     let seed = BatchHeader::encode(out, batch_seq, segment_seq, body_bytes, count);
     let mut at = BATCH_HEADER_BYTES;
-    // Where each record starts, and the end of the last.
-    let mut starts = Vec::with_capacity(records.len() + 1);
+    // Each record's CRC covers bytes 4.. of it, seeded with the header's. Finished
+    // records wait here to be checksummed three at a time (`crc.rs`).
+    let mut unsummed = [(0usize, 0usize); 3];
+    let mut n_unsummed = 0;
     for r in records {
-        starts.push(at);
         let len = r.encoded_bytes();
         let rec = &mut out[at..at + len];
         let (rtype, kind, term, index) = match r {
@@ -359,25 +360,22 @@ pub fn encode_batch(
                 }
             }
         }
+        unsummed[n_unsummed] = (at, at + len);
+        n_unsummed += 1;
+        if n_unsummed == 3 {
+            let crcs = crate::crc::crc32c_append_x3(seed, unsummed.map(|(start, end)| &out[start + 4..end]));
+            for ((start, _), crc) in unsummed.into_iter().zip(crcs) {
+                out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+            n_unsummed = 0;
+        }
         at += len;
     }
-    starts.push(at);
+    for &(start, end) in &unsummed[..n_unsummed] {
+        let crc = crc32c::crc32c_append(seed, &out[start + 4..end]);
+        out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    }
     out[at..].fill(0);
-    // Each record's CRC covers bytes 4.. of it, seeded with the header's: three records
-    // at a time (`crc.rs`), then the rest one by one.
-    let body = |k: usize| starts[k] + 4..starts[k + 1];
-    let mut k = 0;
-    while k + 3 <= records.len() {
-        let crcs = crate::crc::crc32c_append_x3(seed, [&out[body(k)], &out[body(k + 1)], &out[body(k + 2)]]);
-        for (j, crc) in crcs.into_iter().enumerate() {
-            out[starts[k + j]..starts[k + j] + 4].copy_from_slice(&crc.to_le_bytes());
-        }
-        k += 3;
-    }
-    for k in k..records.len() {
-        let crc = crc32c::crc32c_append(seed, &out[body(k)]);
-        out[starts[k]..starts[k] + 4].copy_from_slice(&crc.to_le_bytes());
-    }
     seed
 }
 

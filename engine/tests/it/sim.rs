@@ -992,25 +992,12 @@ fn fixed_seeds_750_to_999() {
 /// it and guard the next attempt.
 #[test]
 fn regression_seeds() {
-    for seed in
+    run_seeds(
         [1_796_415_177_936_860_640, 1_796_415_882_901_706_226, 1_796_415_177_936_833_537, 1_796_416_375_865_743_016]
-    {
-        if let Err(e) = run(Options::from_seed(seed)) {
-            panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
-        }
-    }
+            .into_iter(),
+    );
 }
 
-/// An open liveness bug, not fixed yet (run it explicitly). Seed 1796414610601729683:
-/// after apply-time membership changes, node 3 had applied its own demotion to learner
-/// and held the longest log; node 2 had the change in its log but had not learned it
-/// committed, so it still counted {2, 3} as voters and asked node 3, which refused it
-/// (longer log) and, a learner in its own view, never campaigned; node 1 was behind
-/// both. Without a leader nobody learns the commit index: no leader is ever elected
-/// (etcd-io/etcd#12359). A fix that carried the commit index in vote rejections made
-/// this seed pass but let a later sweep elect two leaders in one term (seed
-/// 1796416375865743016, with a candidate abandoning its campaign on learning of new
-/// commits), so it was taken out; see docs/engine.md, Membership.
 /// An open SAFETY bug, present before this test was written (the code at the start of
 /// the session that found it fails it the same way; run it explicitly). Seed
 /// 1796417129547604977, 5 members: entry 176 was committed in term 8 by members 1 and 2
@@ -1025,20 +1012,23 @@ fn regression_seeds() {
 #[test]
 #[ignore = "open safety bug in membership changes"]
 fn known_safety_failure() {
-    for seed in [1_796_417_129_547_604_977, 1_796_417_642_243_393_656] {
-        if let Err(e) = run(Options::from_seed(seed)) {
-            panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
-        }
-    }
+    run_seeds([1_796_417_129_547_604_977, 1_796_417_642_243_393_656].into_iter());
 }
 
+/// An open liveness bug, not fixed yet (run it explicitly). Seed 1796414610601729683:
+/// after apply-time membership changes, node 3 had applied its own demotion to learner
+/// and held the longest log; node 2 had the change in its log but had not learned it
+/// committed, so it still counted {2, 3} as voters and asked node 3, which refused it
+/// (longer log) and, a learner in its own view, never campaigned; node 1 was behind
+/// both. Without a leader nobody learns the commit index: no leader is ever elected
+/// (etcd-io/etcd#12359). A fix that carried the commit index in vote rejections made
+/// this seed pass but let a later sweep elect two leaders in one term (seed
+/// 1796416375865743016, with a candidate abandoning its campaign on learning of new
+/// commits), so it was taken out; see docs/engine.md, Membership.
 #[test]
 #[ignore = "open liveness bug"]
 fn known_liveness_failure() {
-    let seed = 1_796_414_610_601_729_683;
-    if let Err(e) = run(Options::from_seed(seed)) {
-        panic!("{e}\nreproduce with SEED={seed} cargo test -p skiff-engine --test it sim::seed_from_env");
-    }
+    run_seeds([1_796_414_610_601_729_683].into_iter());
 }
 
 #[test]
