@@ -45,6 +45,10 @@ const ARM_RACE_WAIT: Duration = Duration::from_secs(2);
 /// delayed followers before killing the leader.
 const SLOW_ELECTION_LAG: Duration = Duration::from_millis(600);
 
+/// Time after arming a partition for the node to have taken in the messages already
+/// past its filter.
+const CUT_MARGIN: Duration = Duration::from_millis(50);
+
 /// Filler written while waiting for a cut-off follower to need a snapshot: big enough
 /// that a few hundred of them pass the snapshot threshold of a test cluster quickly.
 const FILLER_VALUE_BYTES: usize = 512;
@@ -893,6 +897,13 @@ impl Run<'_> {
             return Ok(false);
         }
         let deadline = Instant::now() + self.cfg.crash_wait;
+        // A node's admin status is a report it refreshes a few times a second, so the
+        // target's `last_index` in a report made before the cut may predate entries it
+        // took in afterwards: compared with the leader's fresh `first_index`, such a
+        // figure says "behind the snapshot" when it is not, the leader then sends
+        // entries, not a snapshot, and the crash point is never reached. Only a report
+        // made after the cut counts (the target takes in nothing more once cut off).
+        let cut_at = Instant::now() + CUT_MARGIN;
         let filler = "f".repeat(FILLER_VALUE_BYTES);
         let mut conn: Option<Resp> = None;
         let mut i = 0u64;
@@ -910,7 +921,9 @@ impl Run<'_> {
                 Some(v["shards"][0].clone())
             };
             if let (Some(l), Some(t)) = (shard(leader), shard(target))
-                && let (Some(first), Some(last)) = (l["first_index"].as_u64(), t["last_index"].as_u64())
+                && let (Some(first), Some(last), Some(age)) =
+                    (l["first_index"].as_u64(), t["last_index"].as_u64(), t["report_age_ms"].as_u64())
+                && Instant::now().checked_sub(Duration::from_millis(age)).is_some_and(|made| made > cut_at)
                 && first > last + 1
             {
                 return Ok(true);
