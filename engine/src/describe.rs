@@ -76,7 +76,12 @@ pub fn message(m: &Message) -> String {
                 s.push_str(" transfer");
             }
         }
-        MessageBody::VoteResponse { reject, .. } => s.push_str(if *reject { " reject" } else { " grant" }),
+        MessageBody::VoteResponse { reject, commit, commit_term, .. } => {
+            s.push_str(if *reject { " reject" } else { " grant" });
+            if *commit > 0 {
+                let _ = write!(s, " commit={commit_term}/{commit}");
+            }
+        }
         MessageBody::Snapshot { snapshot } => {
             let m = &snapshot.meta;
             let _ = write!(

@@ -23,7 +23,10 @@
 //!    the last index replace the log from there. A failed write or fsync must stop the
 //!    node: never retry and acknowledge. A Ready without [`Ready::has_write`] carries at
 //!    most a new commit index: its write may be skipped, the latest hard state going
-//!    out with the next write.
+//!    out with the next write. A Ready whose entries hold a membership change always
+//!    carries the hard state, changed or not: it must be durable no later than those
+//!    entries (one all-or-nothing write, or an earlier one), so that a member that
+//!    restarts knowing a change also knows every earlier one committed.
 //! 5. **Send `rd.persisted_messages` only once step 4 is durable.** These are votes,
 //!    append responses and anything else a non-leader says while state is being
 //!    written: each vouches for state that must survive a crash (diss. §3.8).

@@ -663,7 +663,7 @@ impl<S: Storage> Raft<S> {
                 MessageBody::Vote { pre: true, .. } => {}
                 // Granted pre-votes come back at the future term; our term moves only
                 // when we really campaign.
-                MessageBody::VoteResponse { pre: true, reject: false } => {}
+                MessageBody::VoteResponse { pre: true, reject: false, .. } => {}
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                     self.become_follower(m.term, m.from)
                 }
@@ -702,14 +702,15 @@ impl<S: Storage> Raft<S> {
                 // currentTerm). etcd ignores stale vote requests; then a candidate that
                 // nobody else talks to — one that a voter's stale configuration lists
                 // as a learner, say — stays behind forever and the cluster cannot elect.
-                MessageBody::Vote { pre, .. } => {
-                    self.send(m.from, self.term, MessageBody::VoteResponse { pre, reject: true });
-                }
+                MessageBody::Vote { pre, .. } => self.reject_vote(m.from, self.term, pre),
                 _ => {}
             }
             return;
         }
 
+        if let MessageBody::VoteResponse { reject: true, commit, commit_term, .. } = m.body {
+            self.learn_commit(commit, commit_term);
+        }
         if m.body.is_response() && !self.tracker.is_member(m.from) {
             self.stats.msgs_from_non_member += 1;
             return;
@@ -735,13 +736,36 @@ impl<S: Storage> Raft<S> {
             || (pre && m.term > self.term);
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             // The grant carries the request's term, so a pre-candidate can count it.
-            self.send(m.from, m.term, MessageBody::VoteResponse { pre, reject: false });
+            self.send(m.from, m.term, MessageBody::VoteResponse { pre, reject: false, commit: 0, commit_term: 0 });
             if !pre {
                 self.election_elapsed = 0;
                 self.vote = m.from;
             }
         } else {
-            self.send(m.from, self.term, MessageBody::VoteResponse { pre, reject: true });
+            self.reject_vote(m.from, self.term, pre);
+        }
+    }
+
+    /// Refuses a (pre-)vote, telling our commit index and the term of the entry there.
+    fn reject_vote(&mut self, to: NodeId, term: Term, pre: bool) {
+        let commit = self.log.committed;
+        let (commit, commit_term) = match self.log.term(commit) {
+            Ok(t) if commit > 0 => (commit, t),
+            _ => (0, 0),
+        };
+        self.send(to, term, MessageBody::VoteResponse { pre, reject: true, commit, commit_term });
+    }
+
+    /// A voter that refused us knows entry `commit` (of term `commit_term`) committed.
+    /// If our log holds that same entry, Log Matching (§5.3) makes our log identical to
+    /// the voter's up to there, so all of it is committed: we may say so, and apply it.
+    /// This lets a candidate whose configuration is out of date catch up with a change
+    /// that only members which no longer campaign know committed (etcd-io/etcd#12359;
+    /// engine/testdata/confchange_liveness.txt). The role stays as it is: the campaign
+    /// runs its course, and the next one uses the configuration applied by then.
+    fn learn_commit(&mut self, commit: Index, commit_term: Term) {
+        if commit > self.log.committed && commit_term > 0 && self.log.term(commit).is_ok_and(|t| t == commit_term) {
+            self.log.commit_to(commit);
         }
     }
 
@@ -879,7 +903,7 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.handle_snapshot(m.from, snapshot);
             }
-            MessageBody::VoteResponse { pre, reject } if pre == (self.role == Role::PreCandidate) => {
+            MessageBody::VoteResponse { pre, reject, .. } if pre == (self.role == Role::PreCandidate) => {
                 self.tracker.record_vote(m.from, !reject);
                 match self.tracker.vote_result() {
                     VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false),
@@ -1311,6 +1335,12 @@ impl<S: Storage> Raft<S> {
         let next = self.log.last_index() + 1;
         let before: Vec<NodeId> = self.tracker.progress.iter().map(|(id, _)| *id).collect();
         self.tracker.set_conf(&cs, next);
+        if matches!(self.role, Role::Candidate | Role::PreCandidate) && !self.tracker.is_voter(self.id) {
+            // A campaigner that learned of its own removal or demotion mid-campaign
+            // (`learn_commit`) gives up; the term and its vote stay as they are.
+            self.become_follower(self.term, NO_NODE);
+            return cs;
+        }
         if self.role == Role::Leader {
             if !self.tracker.is_voter(self.id) {
                 // Removed or demoted: hand over by stepping down; a voter will time out

@@ -27,7 +27,9 @@ pub struct Ready {
     number: u64,
     /// Leader or role changed (volatile; for logging and metrics).
     pub soft_state: Option<SoftState>,
-    /// Term, vote or commit changed: persist it with `entries`.
+    /// Term, vote or commit changed: persist it with `entries`. Also present, changed or
+    /// not, when `entries` hold a membership change: it must then become durable no
+    /// later than those entries (in the same all-or-nothing write, or before it).
     pub hard_state: Option<HardState>,
     /// Entries to append to stable storage. Their first index may be at or below the
     /// current last index: the log is then truncated there first (§5.3).
@@ -308,7 +310,16 @@ impl<S: Storage> RawNode<S> {
         let entries = r.log.next_unstable_entries().to_vec();
         let snapshot = r.log.next_unstable_snapshot().cloned();
         let hs = r.hard_state();
-        let hard_state = (hs != self.prev_hard).then_some(hs);
+        // A membership change goes to disk only with a commit index that covers every
+        // earlier one (the leader appends a change only after applying the previous
+        // one; a follower learns that commit index from the message that carries the
+        // change). Otherwise a member could restart knowing the new change but not that
+        // the previous one committed, activate a configuration two changes old, and
+        // win an election with a quorum disjoint from the current one's (etcd-io/etcd#7625,
+        // invariant "Append"). So the hard state is always part of such a write, even
+        // when unchanged since the last Ready: that Ready's write may have been skipped.
+        let carries_conf_change = entries.iter().any(|e| e.kind == EntryKind::ConfChange);
+        let hard_state = (hs != self.prev_hard || carries_conf_change).then_some(hs);
         let must_sync = !entries.is_empty()
             || snapshot.is_some()
             || hs.term != self.prev_hard.term

@@ -251,8 +251,13 @@ pub enum MessageBody {
     /// marks a campaign started by leadership transfer, which bypasses leader
     /// stickiness (§4.2.3 / §6 of the dissertation).
     Vote { pre: bool, last_index: Index, last_term: Term, transfer: bool },
-    /// Answer to `Vote`.
-    VoteResponse { pre: bool, reject: bool },
+    /// Answer to `Vote`. A rejection also tells the voter's commit index and the term
+    /// of the entry there (0, 0 in a grant, or when the voter cannot say): a candidate
+    /// holding that same entry learns that its log is committed up to there
+    /// (etcd-io/etcd#12359). Without it, a candidate whose configuration is out of date
+    /// may need the vote of a member that has applied its own demotion — a learner now,
+    /// which never campaigns — and with a longer log refuses: no leader, ever.
+    VoteResponse { pre: bool, reject: bool, commit: Index, commit_term: Term },
     /// InstallSnapshot (Raft §7).
     Snapshot { snapshot: Snapshot },
     /// Leadership transfer: the recipient campaigns at once (dissertation §3.10).

@@ -34,7 +34,7 @@ fn main() -> std::io::Result<()> {
         MessageBody::Heartbeat { commit: 8, ctx: 3 },
         MessageBody::HeartbeatResponse { ctx: 3 },
         MessageBody::Vote { pre: true, last_index: 12, last_term: 2, transfer: false },
-        MessageBody::VoteResponse { pre: false, reject: true },
+        MessageBody::VoteResponse { pre: false, reject: true, commit: 7, commit_term: 2 },
         MessageBody::Snapshot {
             snapshot: Snapshot {
                 meta: SnapshotMeta {

@@ -19,7 +19,7 @@
 //! Heartbeat (18)         u64 commit, u64 ctx
 //! HeartbeatResponse (19) u64 ctx
 //! Vote (20)              u8 flags (bit 0 pre, bit 1 transfer), u64 last_index, u64 last_term
-//! VoteResponse (21)      u8 flags (bit 0 pre, bit 1 reject)
+//! VoteResponse (21)      u8 flags (bit 0 pre, bit 1 reject), u64 commit, u64 commit_term
 //! Snapshot (22)          u64 index, u64 term, u32 election_timeout_ticks,
 //!                        u32 n, n x u64 voter, u32 m, m x u64 learner, then data (rest)
 //! TimeoutNow (23)        nothing
@@ -323,7 +323,7 @@ fn fixed_body_bytes(body: &MessageBody) -> usize {
         MessageBody::Heartbeat { .. } => 16,
         MessageBody::HeartbeatResponse { .. } => 8,
         MessageBody::Vote { .. } => 1 + 16,
-        MessageBody::VoteResponse { .. } => 1,
+        MessageBody::VoteResponse { .. } => 1 + 16,
         MessageBody::Snapshot { snapshot } => {
             let cs = &snapshot.meta.conf_state;
             8 + 8 + 4 + 4 + 8 * cs.voters.len() + 4 + 8 * cs.learners.len()
@@ -391,8 +391,10 @@ fn put_body(head: &mut BytesMut, body: &MessageBody) {
             head.put_u64_le(*last_index);
             head.put_u64_le(*last_term);
         }
-        MessageBody::VoteResponse { pre, reject } => {
+        MessageBody::VoteResponse { pre, reject, commit, commit_term } => {
             head.put_u8(u8::from(*pre) | (u8::from(*reject) << 1));
+            head.put_u64_le(*commit);
+            head.put_u64_le(*commit_term);
         }
         MessageBody::Snapshot { snapshot } => {
             let meta = &snapshot.meta;
@@ -548,7 +550,7 @@ pub fn decode_message(kind: FrameKind, body: Bytes) -> Result<Message, DecodeErr
         }
         FrameKind::VoteResponse => {
             let (pre, reject) = r.flags2()?;
-            MessageBody::VoteResponse { pre, reject }
+            MessageBody::VoteResponse { pre, reject, commit: r.u64()?, commit_term: r.u64()? }
         }
         FrameKind::Snapshot => {
             let index = r.u64()?;
@@ -702,7 +704,12 @@ mod tests {
         b[32] = 2;
         assert_eq!(decode_message(FrameKind::AppendResponse, b.freeze()), Err(DecodeError::BadBool(2)));
         // Undefined vote flag bits.
-        let vote = Message { from: 1, to: 2, term: 3, body: MessageBody::VoteResponse { pre: true, reject: false } };
+        let vote = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::VoteResponse { pre: true, reject: false, commit: 0, commit_term: 0 },
+        };
         let mut b = BytesMut::from(&body(&vote, &mut enc)[..]);
         b[24] = 0x81;
         assert_eq!(decode_message(FrameKind::VoteResponse, b.freeze()), Err(DecodeError::BadFlags(0x81)));

@@ -75,7 +75,7 @@ pub fn check_durability(node: NodeId, events: &[TraceEvent]) -> Result<Checked, 
                     }
                     checked.append_responses += 1;
                 }
-                MessageBody::VoteResponse { pre: false, reject: false } => {
+                MessageBody::VoteResponse { pre: false, reject: false, .. } => {
                     if hard.term != m.term || hard.vote != m.to {
                         return Err(format!(
                             "node {node}, event {i}: vote for {} at term {} sent when the durable hard state was {hard:?}",
@@ -105,7 +105,12 @@ mod tests {
     }
 
     fn vote(to: NodeId, term: Term) -> TraceEvent {
-        TraceEvent::Sent(Message { from: 2, to, term, body: MessageBody::VoteResponse { pre: false, reject: false } })
+        TraceEvent::Sent(Message {
+            from: 2,
+            to,
+            term,
+            body: MessageBody::VoteResponse { pre: false, reject: false, commit: 0, commit_term: 0 },
+        })
     }
 
     fn submit(tag: u64, last: Option<(Index, Term)>, hs: Option<HardState>) -> TraceEvent {

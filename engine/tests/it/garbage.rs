@@ -75,7 +75,12 @@ fn garbage(r: &mut Rng, to: u64, term: u64, last: u64) -> Message {
             last_term: r.interesting(term),
             transfer: r.below(2) == 0,
         },
-        5 => MessageBody::VoteResponse { pre: r.below(2) == 0, reject: r.below(2) == 0 },
+        5 => MessageBody::VoteResponse {
+            pre: r.below(2) == 0,
+            reject: r.below(2) == 0,
+            commit: r.below(64),
+            commit_term: r.below(8),
+        },
         6 => {
             let voters: Vec<u64> = (0..r.below(4)).map(|_| r.below(5)).collect();
             MessageBody::Snapshot {

@@ -533,7 +533,10 @@ impl Env {
                 let (last_term, last_index) = parse_term_index(&c.scan::<String>("last").expect("last=T/I"));
                 MessageBody::Vote { pre: flag("pre"), last_index, last_term, transfer: flag("transfer") }
             }
-            "vote-response" => MessageBody::VoteResponse { pre: flag("pre"), reject: flag("reject") },
+            "vote-response" => {
+                let (commit_term, commit) = c.scan::<String>("commit").map(|s| parse_term_index(&s)).unwrap_or((0, 0));
+                MessageBody::VoteResponse { pre: flag("pre"), reject: flag("reject"), commit, commit_term }
+            }
             "timeout-now" => MessageBody::TimeoutNow,
             "snapshot" => {
                 let (t, i) = parse_term_index(&c.scan::<String>("snap").expect("snap=T/I"));

@@ -40,6 +40,7 @@ scripts! {
     campaign,
     check_quorum,
     confchange,
+    confchange_liveness,
     election_timeout,
     election_timer,
     figure8,

@@ -554,31 +554,42 @@ impl Sim {
     /// 1796415177936860640). An operator stops a removed member; so does the liveness
     /// check: a member outside the leader's applied configuration, when nothing the
     /// leader has not applied yet could change that configuration.
-    fn stop_removed_members(&mut self) {
+    fn stop_removed_members(&mut self) -> Result<(), String> {
         if self.opts.pre_vote || self.opts.check_quorum {
-            return;
+            return Ok(());
         }
-        let Some(li) = self.leader() else { return };
+        let Some(li) = self.leader() else { return Ok(()) };
         let raw = self.nodes[li].raw.as_ref().expect("live");
         let (applied, last) = (raw.applied_index(), raw.storage().last_index());
         let mut pending = Vec::new();
         if applied < last && raw.storage().entries(applied + 1, last + 1, u64::MAX, &mut pending).is_err() {
-            return;
+            return Ok(());
         }
         if pending.iter().any(|e| e.kind == EntryKind::ConfChange) {
-            return;
+            return Ok(());
         }
         let cs = raw.conf_state();
         for i in self.live() {
             let id = self.nodes[i].raw.as_ref().expect("live").id();
             if !cs.contains(id) {
                 let n = &mut self.nodes[i];
-                n.raw = None;
+                let raw = n.raw.take().expect("live");
+                n.disk = Some(raw.storage().clone());
                 n.pending.clear();
                 n.reads.clear();
                 n.down_until = u64::MAX;
             }
         }
+        // A stopped member that the cluster adds back is started again, on its old
+        // disk, as an operator would (seed 1796419822072008445: a member stopped after
+        // its removal and then re-added as a learner stayed down for good).
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.raw.is_none() && n.down_until == u64::MAX && cs.contains(n.id) {
+                self.restart(i).map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
     }
 
     fn leader(&self) -> Option<usize> {
@@ -837,7 +848,7 @@ impl Sim {
         let mut leader = None;
         for _ in 0..budget_ticks * tick_steps {
             self.step()?;
-            self.stop_removed_members();
+            self.stop_removed_members()?;
             if let Some(li) = self.leader() {
                 // Members of the leader's configuration follow it. A member removed
                 // while cut off never learns of its removal (as in etcd) and may keep
@@ -874,7 +885,7 @@ impl Sim {
                 }
             }
             self.step()?;
-            self.stop_removed_members();
+            self.stop_removed_members()?;
             let Some(cur) = self.leader() else { continue };
             let cs = self.nodes[cur].raw.as_ref().expect("live").conf_state();
             let members: Vec<usize> = (0..self.nodes.len()).filter(|&i| cs.contains(i as u64 + 1)).collect();
@@ -987,48 +998,50 @@ fn fixed_seeds_750_to_999() {
 /// campaigned to spread its term: it never followed again. Stale appends are now
 /// always answered with the current term.
 ///
-/// 1796415177936833537 and 1796416375865743016 failed with a fix for the open bug below
-/// (a panic "a leader is a voter", then two leaders in one term); they pass without
-/// it and guard the next attempt.
+/// 1796414610601729683: no leader was ever elected after healing. Member 3 had applied
+/// its own demotion to learner and held the longest log; member 2 had the later
+/// changes in its log but had not learned them committed, so it still counted {2, 3}
+/// as voters and asked 3, which refused it (longer log) and, a learner in its own
+/// view, never campaigned; member 1 was behind both (etcd-io/etcd#12359). Fixed by
+/// vote rejections that carry the voter's commit index and the term there: a
+/// candidate holding that entry learns the changes committed and campaigns under the
+/// current configuration (engine/testdata/confchange_liveness.txt).
+///
+/// 1796415177936833537 and 1796416375865743016 failed with an earlier attempt at that
+/// fix, since taken out (a panic "a leader is a voter", then two leaders in one term).
+///
+/// 1796417129547604977 and 1796417642243393656: Leader Completeness failed. 5 members;
+/// entry 176 was committed in term 8 by members 1 and 2 under configuration {1, 2, 4},
+/// while members 4 and 5, which had not learned that two later membership changes (2
+/// promoted, 5 removed) committed, still used {1, 4, 5} and elected 5 in term 10
+/// without that entry. In the second, a member that had led a term appended two
+/// changes while every hard state it persisted said commit 5 (commit advances that
+/// come alone need not be written), restarted knowing only that, campaigned under the
+/// configuration of index 5 and won with the votes of members that had applied their
+/// own removal. Configurations two changes apart can have disjoint quorums. Fixed by
+/// etcd-io/etcd#7625's "Append" invariant: a Ready that appends a membership change
+/// always carries the hard state, whose commit index covers every earlier change, to
+/// be made durable with it; so a member that knows a change knows every earlier one
+/// committed, and applies them before it campaigns.
+///
+/// 1796419822072008445: not an engine bug. A member stopped after its removal (see the
+/// first seed) and then added back as a learner stayed down, so the final proposals
+/// never reached it; the simulator now starts such a member again.
 #[test]
 fn regression_seeds() {
     run_seeds(
-        [1_796_415_177_936_860_640, 1_796_415_882_901_706_226, 1_796_415_177_936_833_537, 1_796_416_375_865_743_016]
-            .into_iter(),
+        [
+            1_796_414_610_601_729_683,
+            1_796_415_177_936_860_640,
+            1_796_415_882_901_706_226,
+            1_796_415_177_936_833_537,
+            1_796_416_375_865_743_016,
+            1_796_417_129_547_604_977,
+            1_796_417_642_243_393_656,
+            1_796_419_822_072_008_445,
+        ]
+        .into_iter(),
     );
-}
-
-/// An open SAFETY bug, present before this test was written (the code at the start of
-/// the session that found it fails it the same way; run it explicitly). Seed
-/// 1796417129547604977, 5 members: entry 176 was committed in term 8 by members 1 and 2
-/// under configuration {1, 2, 4}, while members 4 and 5, which had not learned that
-/// two later membership changes (2 promoted, 5 removed) committed, still used
-/// {1, 4, 5} and elected 5 in term 10 without that entry: Leader Completeness fails.
-/// Apply-time activation lets two configurations two changes apart elect with
-/// disjoint quorums (etcd-io/etcd#7625 discusses the invariants that exclude it).
-/// Seed 1796417642243393656 is another instance (5 members; a leader elected under
-/// {1, 2, 3, 4, 5} by 3, 4 and 5 lacks entries committed under {1, 2, 3}), also
-/// failing on the older code.
-#[test]
-#[ignore = "open safety bug in membership changes"]
-fn known_safety_failure() {
-    run_seeds([1_796_417_129_547_604_977, 1_796_417_642_243_393_656].into_iter());
-}
-
-/// An open liveness bug, not fixed yet (run it explicitly). Seed 1796414610601729683:
-/// after apply-time membership changes, node 3 had applied its own demotion to learner
-/// and held the longest log; node 2 had the change in its log but had not learned it
-/// committed, so it still counted {2, 3} as voters and asked node 3, which refused it
-/// (longer log) and, a learner in its own view, never campaigned; node 1 was behind
-/// both. Without a leader nobody learns the commit index: no leader is ever elected
-/// (etcd-io/etcd#12359). A fix that carried the commit index in vote rejections made
-/// this seed pass but let a later sweep elect two leaders in one term (seed
-/// 1796416375865743016, with a candidate abandoning its campaign on learning of new
-/// commits), so it was taken out; see docs/engine.md, Membership.
-#[test]
-#[ignore = "open liveness bug"]
-fn known_liveness_failure() {
-    run_seeds([1_796_414_610_601_729_683].into_iter());
 }
 
 #[test]

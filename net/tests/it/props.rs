@@ -38,7 +38,9 @@ fn body() -> impl Strategy<Value = MessageBody> {
         (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
             |(pre, last_index, last_term, transfer)| MessageBody::Vote { pre, last_index, last_term, transfer }
         ),
-        (any::<bool>(), any::<bool>()).prop_map(|(pre, reject)| MessageBody::VoteResponse { pre, reject }),
+        (any::<bool>(), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(pre, reject, commit, commit_term)| {
+            MessageBody::VoteResponse { pre, reject, commit, commit_term }
+        }),
         (any::<u64>(), any::<u64>(), ids(), ids(), any::<u32>(), vec(any::<u8>(), 0..128)).prop_map(
             |(index, term, voters, learners, ticks, data)| {
                 MessageBody::Snapshot {
