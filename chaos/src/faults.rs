@@ -54,6 +54,10 @@ pub enum FaultKind {
     /// SIGKILL the leader while some followers send no vote requests and the others
     /// hold their election timers: no leader until the timers run again.
     SlowElection,
+    /// Remove a follower from the cluster through the leader's admin port and add it
+    /// back: keeping its data, or wiped and started again with `--join` (the member
+    /// replacement procedure); added as a voter at once, or as a learner then promoted.
+    Membership,
 }
 
 impl FaultKind {
@@ -70,7 +74,13 @@ impl FaultKind {
             FaultKind::NetLossDelay,
         ];
         v.extend((0..CRASH_POINTS.len()).map(FaultKind::Crash));
-        v.extend([FaultKind::FsyncEio, FaultKind::WalTail, FaultKind::ClusterRestart, FaultKind::SlowElection]);
+        v.extend([
+            FaultKind::FsyncEio,
+            FaultKind::WalTail,
+            FaultKind::ClusterRestart,
+            FaultKind::SlowElection,
+            FaultKind::Membership,
+        ]);
         v
     }
 
@@ -89,6 +99,7 @@ impl FaultKind {
             FaultKind::WalTail => "wal-tail".into(),
             FaultKind::ClusterRestart => "cluster-restart".into(),
             FaultKind::SlowElection => "slow-election".into(),
+            FaultKind::Membership => "membership".into(),
         }
     }
 }

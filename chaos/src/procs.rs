@@ -85,6 +85,17 @@ struct Proc {
     paused: bool,
 }
 
+/// How a node starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A founding member on an empty data directory (`--bootstrap`).
+    Bootstrap,
+    /// A member to be added on an empty data directory (`--join`).
+    Join,
+    /// On its own data.
+    Restart,
+}
+
 /// The processes of a run. Dropping it kills whatever still runs.
 #[derive(Debug)]
 pub struct Cluster {
@@ -110,7 +121,7 @@ impl Cluster {
         &self.nodes[(id - 1) as usize]
     }
 
-    fn args(&self, id: u64, bootstrap: bool) -> Vec<String> {
+    fn args(&self, id: u64, how: Start) -> Vec<String> {
         let n = self.node(id);
         let cluster: Vec<String> = self.nodes.iter().map(|m| format!("{}={}", m.id, m.peer)).collect();
         let mut a: Vec<String> = vec![
@@ -128,8 +139,10 @@ impl Cluster {
             "--data-dir".into(),
             n.dir.to_string_lossy().into_owned(),
         ];
-        if bootstrap {
-            a.push("--bootstrap".into());
+        match how {
+            Start::Bootstrap => a.push("--bootstrap".into()),
+            Start::Join => a.push("--join".into()),
+            Start::Restart => {}
         }
         a.extend(self.flags.iter().cloned());
         a
@@ -139,9 +152,9 @@ impl Cluster {
     ///
     /// # Errors
     /// If the process cannot be spawned.
-    pub fn start(&mut self, id: u64, bootstrap: bool) -> std::io::Result<()> {
+    pub fn start(&mut self, id: u64, how: Start) -> std::io::Result<()> {
         assert!(self.procs[(id - 1) as usize].is_none(), "node {id} is already running");
-        let args = self.args(id, bootstrap);
+        let args = self.args(id, how);
         let log = OpenOptions::new().create(true).append(true).open(&self.node(id).log)?;
         let mut cmd = Command::new(&self.bin);
         // A runner killed outright (a CI timeout) leaves no node behind; its run

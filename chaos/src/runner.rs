@@ -14,7 +14,7 @@ use crate::client::{Resp, http};
 use crate::faults::{CRASH_POINTS, FaultKind, Schedule};
 use crate::history::{Input, Op, Outcome, Output, Value, write_jsonl};
 use crate::monitor::{Life, Measured, Monitor};
-use crate::procs::{Cluster, NodeAddrs, interrupted};
+use crate::procs::{Cluster, NodeAddrs, Start, interrupted};
 use crate::rng::Rng;
 use crate::waltail::{TailError, damage_tail};
 use crate::workload::{Keys, Shared, WorkerParams, execute, worker};
@@ -44,6 +44,14 @@ const ARM_RACE_WAIT: Duration = Duration::from_secs(2);
 /// How long the lagging variant of `slow-election` keeps the leader's appends from the
 /// delayed followers before killing the leader.
 const SLOW_ELECTION_LAG: Duration = Duration::from_millis(600);
+
+/// Where a node stands in the leader's applied configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Member {
+    Voter,
+    Learner,
+    Gone,
+}
 
 /// Time after arming a partition for the node to have taken in the messages already
 /// past its filter.
@@ -541,8 +549,12 @@ impl Run<'_> {
     /// Starts node `id` (not bootstrapping) and waits for it to listen. A node that
     /// exits instead is a problem: it refused its own data.
     fn start(&mut self, id: u64, after: &str) -> Result<bool, ChaosError> {
+        self.start_as(id, Start::Restart, after)
+    }
+
+    fn start_as(&mut self, id: u64, how: Start, after: &str) -> Result<bool, ChaosError> {
         let node = self.cluster.node(id).clone();
-        self.cluster.start(id, false).map_err(|e| ChaosError::Spawn(self.cfg.skiff_bin.clone(), e))?;
+        self.cluster.start(id, how).map_err(|e| ChaosError::Spawn(self.cfg.skiff_bin.clone(), e))?;
         let deadline = Instant::now() + LISTEN_WAIT;
         loop {
             if let Some(status) = self.cluster.exit_status(id) {
@@ -828,6 +840,49 @@ impl Run<'_> {
                 self.start(leader, &kind.name())?;
                 record(format!("leader {leader} killed; {mute:?} mute, {slow:?} delayed {}{behind}", secs(hold)), armed)
             }
+            FaultKind::Membership => {
+                let Some(target) = self.follower(&mut rng) else { return Ok(no_leader()) };
+                let (wipe, learner) = (rng.chance(500), rng.chance(500));
+                self.say(&format!(
+                    "{kind}: remove node {target}{}, add it back{} after {}",
+                    if wipe { " and wipe its data" } else { "" },
+                    if learner { " as a learner, then promote it" } else { "" },
+                    secs(hold)
+                ));
+                if let Err(e) = self.change_membership(&format!("remove?id={target}"), target, Member::Gone) {
+                    return Ok(record(e, false));
+                }
+                if wipe {
+                    self.kill(target);
+                    let dir = self.cluster.node(target).dir.clone();
+                    std::fs::remove_dir_all(&dir).map_err(|e| ChaosError::Dir(dir.clone(), e.to_string()))?;
+                }
+                self.sleep(hold)?;
+                if wipe && !self.start_as(target, Start::Join, "its replacement")? {
+                    return Ok(record(format!("node {target}: the replacement did not start"), false));
+                }
+                let steps: &[(&str, Member)] = if learner {
+                    &[("add?id={}&learner=true", Member::Learner), ("promote?id={}", Member::Voter)]
+                } else {
+                    &[("add?id={}", Member::Voter)]
+                };
+                for (op, want) in steps {
+                    let op = op.replace("{}", &target.to_string());
+                    if let Err(e) = self.change_membership(&op, target, *want) {
+                        // Still out: the final checks would miss it. Bring it back for good.
+                        self.problems.push(format!("node {target} could not be added back: {e}"));
+                        return Ok(record(e, false));
+                    }
+                }
+                record(
+                    format!(
+                        "node {target} removed and added back{}{}",
+                        if wipe { " with a wiped data directory" } else { "" },
+                        if learner { " (learner, then promoted)" } else { "" }
+                    ),
+                    true,
+                )
+            }
             FaultKind::ClusterRestart => {
                 self.say(&format!("{kind}: SIGKILL every node, restart after {}", secs(hold / 2)));
                 for id in self.cluster.ids() {
@@ -840,6 +895,61 @@ impl Run<'_> {
                 record(format!("all nodes down {}", secs(hold / 2)), true)
             }
         })
+    }
+
+    /// Sends membership operation `op` (`remove?id=N`, ...) to the leader until the
+    /// leader's applied configuration shows `target` as `want`. Retried: the leader may
+    /// change, refuse while another change is applied (409), or time out (503; it may
+    /// still take effect, so the configuration is checked before every retry).
+    fn change_membership(&mut self, op: &str, target: u64, want: Member) -> Result<(), String> {
+        let deadline = Instant::now() + self.cfg.settle_wait;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+            let Some(leader) = self.monitor.leader() else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let admin = self.admin(leader);
+            let member = |admin: &str| -> Option<Member> {
+                let (_, body) = http(admin, "GET", "/status", ADMIN_TIMEOUT).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let shard = &v["shards"][0];
+                if shard["role"].as_str() != Some("leader") {
+                    return None;
+                }
+                let has = |k: &str| shard[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(target)));
+                Some(if has("voters") {
+                    Member::Voter
+                } else if has("learners") {
+                    Member::Learner
+                } else {
+                    Member::Gone
+                })
+            };
+            if member(&admin) == Some(want) {
+                return Ok(());
+            }
+            match http(&admin, "POST", &format!("/members/{op}"), ADMIN_TIMEOUT) {
+                Ok((200, _)) => {
+                    // Applied on the leader shortly after it commits.
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < until {
+                        if member(&admin) == Some(want) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    last = format!("{op} on node {leader}: accepted, not applied within 5 s");
+                }
+                Ok((code, body)) => last = format!("{op} on node {leader}: {code} {}", body.trim()),
+                Err(e) => last = format!("{op} on node {leader}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
     }
 
     /// Arms crash point `point` on a node where load reaches it, waits for the abort,
@@ -1140,7 +1250,7 @@ fn run_in(cfg: &Config, t0: Instant, dir: &Path) -> Result<RunReport, ChaosError
     let clients: Vec<String> = addrs.iter().map(|a| a.client.clone()).collect();
     let mut cluster = Cluster::new(cfg.skiff_bin.clone(), "chaos", addrs, cfg.node_flags.clone());
     for id in cluster.ids() {
-        cluster.start(id, true).map_err(|e| ChaosError::Spawn(cfg.skiff_bin.clone(), e))?;
+        cluster.start(id, Start::Bootstrap).map_err(|e| ChaosError::Spawn(cfg.skiff_bin.clone(), e))?;
     }
     let monitor = Monitor::new(clients.clone());
     let mut run = Run { cfg, t0, cluster, monitor: monitor.clone(), faults: Vec::new(), problems: Vec::new() };
@@ -1379,7 +1489,7 @@ mod tests {
         let mut cfg = Config::soak(bin.clone(), 1, Duration::ZERO);
         cfg.verbose = false;
         let mut cluster = Cluster::new(bin, "fake", vec![addrs], Vec::new());
-        cluster.start(1, false).unwrap();
+        cluster.start(1, Start::Restart).unwrap();
         (cfg, cluster)
     }
 
