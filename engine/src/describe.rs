@@ -29,6 +29,9 @@ pub fn entry(e: &Entry) -> String {
             Some(ConfChange::RemoveNode(id)) => {
                 let _ = write!(s, "cc:remove({id})");
             }
+            Some(ConfChange::Bootstrap(ids)) => {
+                let _ = write!(s, "cc:bootstrap{ids:?}");
+            }
             None => s.push_str("cc:<malformed>"),
         },
         EntryKind::ElectionTimeout => match decode_election_timeout(&e.data) {

@@ -1438,18 +1438,33 @@ pub(crate) enum ConfOutcome {
 
 /// Applies `cc` to `cs`, leaving it unchanged unless the outcome is `Changed`.
 pub(crate) fn apply_to_conf_state(cs: &mut ConfState, cc: ConfChange) -> ConfOutcome {
-    let id = cc.node_id();
+    let (id, change) = match cc {
+        ConfChange::Bootstrap(ids) => {
+            return if cs.voters.is_empty() && cs.learners.is_empty() {
+                cs.voters = ids;
+                ConfOutcome::Changed
+            } else if cs.voters == ids && cs.learners.is_empty() {
+                // `bootstrap` applies it at once; the committed entry comes back later.
+                ConfOutcome::Unchanged
+            } else {
+                ConfOutcome::Refused
+            };
+        }
+        ConfChange::AddVoter(id) => (id, Single::AddVoter),
+        ConfChange::AddLearner(id) => (id, Single::AddLearner),
+        ConfChange::RemoveNode(id) => (id, Single::Remove),
+    };
     let is_voter = cs.voters.binary_search(&id);
     let is_learner = cs.learners.binary_search(&id);
-    match cc {
-        ConfChange::AddVoter(_) => {
+    match change {
+        Single::AddVoter => {
             let Err(pos) = is_voter else { return ConfOutcome::Unchanged };
             cs.voters.insert(pos, id);
             if let Ok(l) = is_learner {
                 cs.learners.remove(l);
             }
         }
-        ConfChange::AddLearner(_) => {
+        Single::AddLearner => {
             let Err(pos) = is_learner else { return ConfOutcome::Unchanged };
             if let Ok(v) = is_voter {
                 // Demotion: allowed as long as a voter remains.
@@ -1460,7 +1475,7 @@ pub(crate) fn apply_to_conf_state(cs: &mut ConfState, cc: ConfChange) -> ConfOut
             }
             cs.learners.insert(pos, id);
         }
-        ConfChange::RemoveNode(_) => match (is_voter, is_learner) {
+        Single::Remove => match (is_voter, is_learner) {
             (Ok(_), _) if cs.voters.len() == 1 => return ConfOutcome::Refused,
             (Ok(v), _) => {
                 cs.voters.remove(v);
@@ -1472,6 +1487,13 @@ pub(crate) fn apply_to_conf_state(cs: &mut ConfState, cc: ConfChange) -> ConfOut
         },
     }
     ConfOutcome::Changed
+}
+
+/// The kinds of single-server change.
+enum Single {
+    AddVoter,
+    AddLearner,
+    Remove,
 }
 
 #[cfg(test)]

@@ -175,8 +175,9 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// Bootstraps a new cluster whose initial voters are `voters` (etcd `StartNode`):
-    /// the log starts with one committed `AddVoter` entry per voter at term 1, so every
-    /// founding member writes the same first entries. `store` must be empty.
+    /// the log starts with one committed [`ConfChange::Bootstrap`] entry naming every
+    /// voter, at index 1 and term 1, so every founding member writes the same first
+    /// entry. `store` must be empty.
     pub fn bootstrap(cfg: &Config, store: S, voters: &[NodeId]) -> Result<RawNode<S>, Error> {
         let rs = store.initial_state().map_err(Error::Storage)?;
         if store.last_index() != 0 || !rs.hard_state.is_empty() || !rs.conf_state.voters.is_empty() {
@@ -191,22 +192,12 @@ impl<S: Storage> RawNode<S> {
         let mut node = RawNode::new(cfg, store)?;
         let r = &mut node.raft;
         r.become_follower(1, NO_NODE);
-        let ents: Vec<Entry> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| Entry {
-                term: 1,
-                index: i as u64 + 1,
-                kind: EntryKind::ConfChange,
-                data: ConfChange::AddVoter(id).encode(),
-            })
-            .collect();
-        r.log.append(ents);
-        r.log.commit_to(ids.len() as u64);
-        // Membership is known at once; applying the entries again later is a no-op.
-        for &id in &ids {
-            r.apply_conf_change(ConfChange::AddVoter(id));
-        }
+        // The whole founding membership in one entry (see `ConfChange::Bootstrap`).
+        let cc = ConfChange::Bootstrap(ids);
+        r.log.append(vec![Entry { term: 1, index: 1, kind: EntryKind::ConfChange, data: cc.encode() }]);
+        r.log.commit_to(1);
+        // Membership is known at once; applying the entry again later is a no-op.
+        r.apply_conf_change(cc);
         Ok(node)
     }
 

@@ -149,8 +149,9 @@ impl Snapshot {
     }
 }
 
-/// A single-server membership change (Raft dissertation §4.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A single-server membership change (Raft dissertation §4.1), or a new cluster's
+/// founding membership.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ConfChange {
     /// Add a voter, or promote a learner to voter.
     AddVoter(NodeId),
@@ -158,50 +159,54 @@ pub enum ConfChange {
     AddLearner(NodeId),
     /// Remove a voter or learner.
     RemoveNode(NodeId),
+    /// Every founding voter at once (sorted, no duplicates): entry 1 of a cluster made by
+    /// [`crate::RawNode::bootstrap`]; applies only to an empty membership. One entry, not
+    /// one per voter: a member that learns the log from the start (one that joins, or
+    /// lost its data) never holds a prefix of the founding membership — with one
+    /// `AddVoter` per founder, a member that had applied only `AddVoter(itself)` would
+    /// be the sole voter in its own view and elect itself.
+    Bootstrap(Vec<NodeId>),
 }
 
 impl ConfChange {
-    /// Encoded length of a conf change payload.
-    pub const ENCODED_BYTES: usize = 9;
-
-    /// The node the change is about.
-    pub fn node_id(&self) -> NodeId {
-        match *self {
-            ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::RemoveNode(id) => id,
-        }
-    }
-
     /// Payload of a [`EntryKind::ConfChange`] entry:
     ///
     /// ```text
-    /// byte 0      change type: 1 add voter, 2 add learner, 3 remove node
-    /// bytes 1..9  node id, u64 little-endian
+    /// byte 0      change type: 1 add voter, 2 add learner, 3 remove node, 4 bootstrap
+    /// bytes 1..9  node id, u64 little-endian (types 1-3)
+    /// bytes 1..   n >= 1 node ids, u64 little-endian each, ascending (type 4)
     /// ```
     pub fn encode(&self) -> Bytes {
-        let (tag, id) = match *self {
-            ConfChange::AddVoter(id) => (1u8, id),
-            ConfChange::AddLearner(id) => (2u8, id),
-            ConfChange::RemoveNode(id) => (3u8, id),
+        let (tag, ids): (u8, &[NodeId]) = match self {
+            ConfChange::AddVoter(id) => (1, std::slice::from_ref(id)),
+            ConfChange::AddLearner(id) => (2, std::slice::from_ref(id)),
+            ConfChange::RemoveNode(id) => (3, std::slice::from_ref(id)),
+            ConfChange::Bootstrap(ids) => (4, ids),
         };
-        let mut buf = [0u8; Self::ENCODED_BYTES];
-        buf[0] = tag;
-        buf[1..].copy_from_slice(&id.to_le_bytes());
-        Bytes::copy_from_slice(&buf)
+        let mut buf = Vec::with_capacity(1 + 8 * ids.len());
+        buf.push(tag);
+        for id in ids {
+            buf.extend_from_slice(&id.to_le_bytes());
+        }
+        Bytes::from(buf)
     }
 
     /// Decodes a conf change payload; `None` when it is malformed.
     pub fn decode(data: &[u8]) -> Option<ConfChange> {
-        if data.len() != Self::ENCODED_BYTES {
+        let (&tag, rest) = data.split_first()?;
+        if rest.is_empty() || !rest.len().is_multiple_of(8) {
             return None;
         }
-        let id = u64::from_le_bytes(data[1..9].try_into().ok()?);
-        if id == NO_NODE {
+        let ids: Vec<NodeId> =
+            rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        if ids.contains(&NO_NODE) {
             return None;
         }
-        match data[0] {
-            1 => Some(ConfChange::AddVoter(id)),
-            2 => Some(ConfChange::AddLearner(id)),
-            3 => Some(ConfChange::RemoveNode(id)),
+        match (tag, ids.as_slice()) {
+            (1, &[id]) => Some(ConfChange::AddVoter(id)),
+            (2, &[id]) => Some(ConfChange::AddLearner(id)),
+            (3, &[id]) => Some(ConfChange::RemoveNode(id)),
+            (4, _) if ids.windows(2).all(|w| w[0] < w[1]) => Some(ConfChange::Bootstrap(ids)),
             _ => None,
         }
     }
@@ -354,9 +359,19 @@ mod tests {
 
     #[test]
     fn conf_change_round_trips_and_rejects_malformed() {
-        for cc in [ConfChange::AddVoter(7), ConfChange::AddLearner(u64::MAX), ConfChange::RemoveNode(1)] {
+        for cc in [
+            ConfChange::AddVoter(7),
+            ConfChange::AddLearner(u64::MAX),
+            ConfChange::RemoveNode(1),
+            ConfChange::Bootstrap(vec![1, 2, 9]),
+            ConfChange::Bootstrap(vec![4]),
+        ] {
             assert_eq!(ConfChange::decode(&cc.encode()), Some(cc));
         }
+        assert_eq!(ConfChange::decode(&[4]), None, "bootstrap of nobody");
+        assert_eq!(ConfChange::decode(&ConfChange::Bootstrap(vec![2, 1]).encode()), None, "unsorted");
+        assert_eq!(ConfChange::decode(&ConfChange::Bootstrap(vec![2, 2]).encode()), None, "duplicate");
+        assert_eq!(ConfChange::decode(&ConfChange::Bootstrap(vec![0, 2]).encode()), None, "node id 0");
         assert_eq!(ConfChange::decode(&[]), None);
         assert_eq!(ConfChange::decode(&[9, 1, 0, 0, 0, 0, 0, 0, 0]), None, "unknown tag");
         assert_eq!(ConfChange::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]), None, "node id 0");

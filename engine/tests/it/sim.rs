@@ -1025,6 +1025,12 @@ fn fixed_seeds_750_to_999() {
 /// PreVote and CheckQuorum a removed member disrupted every election after healing,
 /// and the check that stops it waited for the leader to apply the changes still in its
 /// log, which it never could commit meanwhile: it no longer waits.
+///
+/// 1796421868665811437: Leader Completeness failed (also on older code). A founder
+/// crashed before its bootstrap write was durable and restarted empty; the leader sent
+/// it the log from index 1 one entry per message, it applied the first bootstrap entry,
+/// `AddVoter(1)`, was then the only voter in its own view and elected itself. The
+/// founding membership is now one entry (`ConfChange::Bootstrap`).
 #[test]
 fn regression_seeds() {
     run_seeds(
@@ -1038,6 +1044,7 @@ fn regression_seeds() {
             1_796_417_642_243_393_656,
             1_796_419_822_072_008_445,
             1_796_420_345_609_195_476,
+            1_796_421_868_665_811_437,
         ]
         .into_iter(),
     );
