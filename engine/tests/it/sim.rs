@@ -1030,7 +1030,8 @@ fn fixed_seeds_750_to_999() {
 /// crashed before its bootstrap write was durable and restarted empty; the leader sent
 /// it the log from index 1 one entry per message, it applied the first bootstrap entry,
 /// `AddVoter(1)`, was then the only voter in its own view and elected itself. The
-/// founding membership is now one entry (`ConfChange::Bootstrap`).
+/// founding membership is now one entry (`ConfChange::Bootstrap`). 4000000000000253664
+/// is another instance.
 #[test]
 fn regression_seeds() {
     run_seeds(
@@ -1045,6 +1046,7 @@ fn regression_seeds() {
             1_796_419_822_072_008_445,
             1_796_420_345_609_195_476,
             1_796_421_868_665_811_437,
+            4_000_000_000_000_253_664,
         ]
         .into_iter(),
     );
