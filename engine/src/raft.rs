@@ -1519,4 +1519,17 @@ mod tests {
         assert_eq!(cs.voters, vec![3]);
         assert!(cs.is_well_formed());
     }
+
+    #[test]
+    fn bootstrap_applies_to_an_empty_membership_only() {
+        use ConfOutcome::*;
+        let mut cs = ConfState::default();
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::Bootstrap(vec![1, 2, 3])), Changed);
+        assert_eq!(cs.voters, vec![1, 2, 3]);
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::Bootstrap(vec![1, 2, 3])), Unchanged, "re-applied");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::Bootstrap(vec![4])), Refused, "a second founding");
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::RemoveNode(3)), Changed);
+        assert_eq!(apply_to_conf_state(&mut cs, ConfChange::Bootstrap(vec![1, 2, 3])), Refused, "history moved on");
+        assert_eq!(cs.voters, vec![1, 2]);
+    }
 }
