@@ -112,6 +112,9 @@ pub struct Stats {
     pub conf_changes_invalid: u64,
     /// Elections (or pre-vote rounds) started.
     pub campaigns: u64,
+    /// Elections not started because a voter's rejection showed that entries beyond
+    /// this member's log are committed: it cannot win (§5.4.1) and would only raise terms.
+    pub campaigns_withheld: u64,
     /// Times this member became leader.
     pub leaderships_won: u64,
     /// Times a leader stepped down because a quorum went quiet.
@@ -190,6 +193,8 @@ pub(crate) struct Raft<S> {
 
     /// Index of the latest conf change appended by this leader; another may be
     /// proposed only once it is applied.
+    /// The highest index a voter's rejection said is committed (see `hup`).
+    known_commit: Index,
     pending_conf_index: Index,
     uncommitted_bytes: u64,
     pub(crate) lead_transferee: NodeId,
@@ -252,6 +257,7 @@ impl<S: Storage> Raft<S> {
             max_uncommitted_bytes: cfg.max_uncommitted_bytes,
             max_committed_bytes_per_ready: cfg.max_committed_bytes_per_ready,
             rng: Rng::new(cfg.seed),
+            known_commit: 0,
             pending_conf_index: 0,
             uncommitted_bytes: 0,
             lead_transferee: NO_NODE,
@@ -555,6 +561,19 @@ impl<S: Storage> Raft<S> {
         if self.has_unapplied_conf_change() {
             return;
         }
+        // A member that lacks committed entries cannot win; without PreVote every
+        // attempt would still raise the term, and a member that campaigns more often
+        // than the one that can win (a shorter election timeout, applied from an older
+        // configuration) keeps outbidding it: simulator seed 7000000000000128661. The
+        // entries it lacks reach it from a leader, which lifts this.
+        if self.known_commit > self.log.last_index() {
+            self.stats.campaigns_withheld += 1;
+            // The election timeout passed without word from a leader: stop believing
+            // in one, as a campaign would, or the CheckQuorum lease would have us
+            // ignore the vote requests of the member that can win (seed 327).
+            self.leader = NO_NODE;
+            return;
+        }
         self.stats.campaigns += 1;
         if self.pre_vote && !transfer {
             self.campaign_pre();
@@ -757,6 +776,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// A voter that refused us knows entry `commit` (of term `commit_term`) committed.
+    /// If that is beyond our log, we cannot win an election (see `hup`).
     /// If our log holds that same entry, Log Matching (§5.3) makes our log identical to
     /// the voter's up to there, so all of it is committed: we may say so, and apply it.
     /// This lets a candidate whose configuration is out of date catch up with a change
@@ -764,6 +784,7 @@ impl<S: Storage> Raft<S> {
     /// engine/testdata/confchange_liveness.txt). The role stays as it is: the campaign
     /// runs its course, and the next one uses the configuration applied by then.
     fn learn_commit(&mut self, commit: Index, commit_term: Term) {
+        self.known_commit = self.known_commit.max(commit);
         if commit > self.log.committed && commit_term > 0 && self.log.term(commit).is_ok_and(|t| t == commit_term) {
             self.log.commit_to(commit);
         }

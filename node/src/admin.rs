@@ -1238,6 +1238,11 @@ const SHARD_COUNTERS: &[(&str, &str, ReportValue)] = &[
         r.counters.peer_records_dropped
     }),
     ("skiff_raft_campaigns_total", "Elections or pre-vote rounds started.", |r| r.status.engine.campaigns),
+    (
+        "skiff_raft_campaigns_withheld_total",
+        "Elections not started because this member is known to lack committed entries.",
+        |r| r.status.engine.campaigns_withheld,
+    ),
     ("skiff_raft_leaderships_won_total", "Times this node became leader.", |r| r.status.engine.leaderships_won),
     ("skiff_raft_check_quorum_step_downs_total", "Times the leader stepped down because a quorum went quiet.", |r| {
         r.status.engine.check_quorum_step_downs
