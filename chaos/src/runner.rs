@@ -499,6 +499,13 @@ impl Run<'_> {
         self.cluster.node(id).admin.clone()
     }
 
+    /// Shard 0 of node `id`'s `GET /status` (`None` when it does not answer in JSON).
+    fn shard_status(&self, id: u64) -> Option<serde_json::Value> {
+        let (_, body) = http(&self.cluster.node(id).admin, "GET", "/status", ADMIN_TIMEOUT).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(v["shards"][0].clone())
+    }
+
     /// Arms a failure point that stops the process when it is reached (a crash point,
     /// `fsync-eio`) and waits up to `wait` for the node to exit. An arming request that
     /// got no answer still counts when the node exits: the point may have fired before
@@ -861,15 +868,18 @@ impl Run<'_> {
                 if wipe && !self.start_as(target, Start::Join, "its replacement")? {
                     return Ok(record(format!("node {target}: the replacement did not start"), false));
                 }
-                let steps: &[(&str, Member)] = if learner {
-                    &[("add?id={}&learner=true", Member::Learner), ("promote?id={}", Member::Voter)]
+                let steps = if learner {
+                    vec![
+                        (format!("add?id={target}&learner=true"), Member::Learner),
+                        (format!("promote?id={target}"), Member::Voter),
+                    ]
                 } else {
-                    &[("add?id={}", Member::Voter)]
+                    vec![(format!("add?id={target}"), Member::Voter)]
                 };
                 for (op, want) in steps {
-                    let op = op.replace("{}", &target.to_string());
-                    if let Err(e) = self.change_membership(&op, target, *want) {
-                        // Still out: the final checks would miss it. Bring it back for good.
+                    if let Err(e) = self.change_membership(&op, target, want) {
+                        // A member left out of the cluster is a finding: the final
+                        // checks would not cover it.
                         self.problems.push(format!("node {target} could not be added back: {e}"));
                         return Ok(record(e, false));
                     }
@@ -912,11 +922,8 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            let admin = self.admin(leader);
-            let member = |admin: &str| -> Option<Member> {
-                let (_, body) = http(admin, "GET", "/status", ADMIN_TIMEOUT).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                let shard = &v["shards"][0];
+            let member = || -> Option<Member> {
+                let shard = self.shard_status(leader)?;
                 if shard["role"].as_str() != Some("leader") {
                     return None;
                 }
@@ -929,15 +936,15 @@ impl Run<'_> {
                     Member::Gone
                 })
             };
-            if member(&admin) == Some(want) {
+            if member() == Some(want) {
                 return Ok(());
             }
-            match http(&admin, "POST", &format!("/members/{op}"), ADMIN_TIMEOUT) {
+            match http(&self.admin(leader), "POST", &format!("/members/{op}"), ADMIN_TIMEOUT) {
                 Ok((200, _)) => {
                     // Applied on the leader shortly after it commits.
                     let until = Instant::now() + Duration::from_secs(5);
                     while Instant::now() < until {
-                        if member(&admin) == Some(want) {
+                        if member() == Some(want) {
                             return Ok(());
                         }
                         std::thread::sleep(Duration::from_millis(50));
@@ -1025,12 +1032,7 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            let shard = |id: u64| -> Option<serde_json::Value> {
-                let (_, body) = http(&self.cluster.node(id).admin, "GET", "/status", ADMIN_TIMEOUT).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                Some(v["shards"][0].clone())
-            };
-            if let (Some(l), Some(t)) = (shard(leader), shard(target))
+            if let (Some(l), Some(t)) = (self.shard_status(leader), self.shard_status(target))
                 && let (Some(first), Some(last), Some(age)) =
                     (l["first_index"].as_u64(), t["last_index"].as_u64(), t["report_age_ms"].as_u64())
                 && Instant::now().checked_sub(Duration::from_millis(age)).is_some_and(|made| made > cut_at)
@@ -1117,10 +1119,7 @@ impl Run<'_> {
                 .ids()
                 .into_iter()
                 .map(|id| {
-                    let s = http(&self.admin(id), "GET", "/status", ADMIN_TIMEOUT)
-                        .ok()
-                        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-                        .map(|v| v["shards"][0].clone());
+                    let s = self.shard_status(id);
                     let applied = s.as_ref().and_then(|s| s["applied"].as_u64());
                     let digest = s.as_ref().and_then(|s| s["kv_digest"].as_str().map(str::to_string));
                     (id, applied, digest)
