@@ -218,8 +218,9 @@ impl<S: Storage> Raft<S> {
         }
         let hs = rs.hard_state;
         // A recovered commit index beyond the log is clamped: commit is allowed to be
-        // stale, and the log is what was durably written.
-        let commit = hs.commit.clamp(first - 1, last);
+        // stale, and the log is what was durably written. What the caller has applied
+        // (its snapshot) is committed, even where the log below it is still kept.
+        let commit = hs.commit.max(cfg.applied.min(last)).clamp(first - 1, last);
         if cfg.applied > commit {
             return Err(Error::Corrupt(format!(
                 "applied index {} is beyond the recovered commit index {commit}",

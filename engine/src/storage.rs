@@ -53,7 +53,11 @@ pub struct RaftState {
 /// Read access to the durable log.
 ///
 /// Valid positions are `first_index() - 1 ..= last_index()`: the entry just below
-/// `first_index()` is the snapshot's, whose term must still be answerable.
+/// `first_index()` is the compaction point, whose term must still be answerable. The
+/// compaction point is the snapshot's index, or below it when a storage keeps recent
+/// entries for followers' catch-up; the engine then sends those entries rather than
+/// the snapshot to a follower that needs them, and never applies them again (the caller
+/// restarts with `Config::applied` at the snapshot's index).
 pub trait Storage {
     /// Hard state and membership recovered from disk.
     fn initial_state(&self) -> Result<RaftState, StorageError>;
@@ -65,7 +69,7 @@ pub trait Storage {
     /// Term of the entry at `index`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
 
-    /// Index of the first entry still present (the snapshot index + 1).
+    /// Index of the first entry still present (the compaction point + 1).
     fn first_index(&self) -> Index;
 
     /// Index of the last entry (the snapshot index when the log after it is empty).
@@ -85,7 +89,13 @@ pub trait Storage {
 pub struct MemStorage {
     hard_state: HardState,
     snapshot: Snapshot,
-    /// `entries[i]` is the entry at index `snapshot.meta.index + 1 + i`.
+    /// The compaction point: the last discarded index (at or below the snapshot's
+    /// index; below it when entries are kept for followers' catch-up) and its term.
+    compacted: Index,
+    compacted_term: Term,
+    /// Entries [`MemStorage::create_snapshot`] keeps below the snapshot.
+    catchup_entries: u64,
+    /// `entries[i]` is the entry at index `compacted + 1 + i`.
     entries: Chunked<Slot>,
     /// `(first index, term)` of each run of equal terms among `entries`, by index. The
     /// first run may start below the first entry (after compaction).
@@ -145,8 +155,8 @@ impl MemStorage {
             ents.windows(2).all(|w| w[1].index == w[0].index + 1),
             "MemStorage::append: entries are not contiguous"
         );
-        let offset = self.snapshot.meta.index + 1;
-        assert!(first.index >= offset, "MemStorage::append: entry {} is at or below the snapshot", first.index);
+        let offset = self.compacted + 1;
+        assert!(first.index >= offset, "MemStorage::append: entry {} is at or below the compaction point", first.index);
         let keep = (first.index - offset) as usize;
         assert!(
             keep <= self.entries.len(),
@@ -164,7 +174,7 @@ impl MemStorage {
     /// Keeps the first `keep` entries, and the term runs that still start among them.
     fn truncate_entries(&mut self, keep: usize) {
         self.entries.truncate(keep);
-        let last = self.snapshot.meta.index + keep as u64;
+        let last = self.compacted + keep as u64;
         while self.terms.back().is_some_and(|&(first, _)| first > last) {
             self.terms.pop_back();
         }
@@ -189,7 +199,7 @@ impl MemStorage {
     /// As [`MemStorage::append`].
     pub fn append_owned(&mut self, ents: Vec<Entry>) {
         let Some(first) = ents.first() else { return };
-        let offset = self.snapshot.meta.index + 1;
+        let offset = self.compacted + 1;
         let fast = first.index == self.last_index() + 1 && first.index >= offset;
         if !fast {
             return self.append(&ents);
@@ -204,19 +214,19 @@ impl MemStorage {
         self.entries.extend(ents.into_iter().map(|e| Slot { kind: e.kind, data: e.data }));
     }
 
-    /// Discards entries up to and including `index` (which must have been applied and
-    /// covered by a snapshot or be below the commit index), keeping its term as the new
-    /// compaction point.
+    /// Discards entries up to and including `index`, keeping its term as the new
+    /// compaction point. `index` must have been applied and be at or below the latest
+    /// snapshot's index: a follower that needs an earlier entry gets the snapshot.
     ///
     /// # Panics
     /// If `index` is beyond the last index.
     pub fn compact(&mut self, index: Index) {
-        if index <= self.snapshot.meta.index {
+        if index <= self.compacted {
             return;
         }
         assert!(index <= self.last_index(), "MemStorage::compact: {index} is beyond the last index");
         let term = self.term(index).expect("term of an index inside the log");
-        let drop = (index - self.snapshot.meta.index) as usize;
+        let drop = (index - self.compacted) as usize;
         self.entries.drain_front(drop);
         // Runs that end at or before `index` go; the one holding it stays.
         while self.terms.len() > 1 && self.terms[1].0 <= index + 1 {
@@ -225,12 +235,24 @@ impl MemStorage {
         if self.entries.len() == 0 {
             self.terms.clear();
         }
-        self.snapshot.meta.index = index;
-        self.snapshot.meta.term = term;
+        self.compacted = index;
+        self.compacted_term = term;
+    }
+
+    /// How many entries [`MemStorage::create_snapshot`] keeps below the snapshot, so
+    /// that a follower slightly behind catches up from the log instead of receiving the
+    /// whole snapshot (etcd's `SnapshotCatchUpEntries`). Default 0.
+    pub fn set_catchup_entries(&mut self, n: u64) {
+        self.catchup_entries = n;
+    }
+
+    /// The compaction point (`first_index() - 1`), which is at or below the snapshot.
+    pub fn compacted_index(&self) -> Index {
+        self.compacted
     }
 
     /// Records a snapshot of the state machine at `index` (which must be in the log) and
-    /// compacts the log up to it.
+    /// compacts the log up to it, less the catch-up entries.
     pub fn create_snapshot(
         &mut self,
         index: Index,
@@ -242,7 +264,7 @@ impl MemStorage {
             return;
         }
         let term = self.term(index).expect("snapshot index inside the log");
-        self.compact(index);
+        self.compact(index.saturating_sub(self.catchup_entries));
         self.snapshot = Snapshot { meta: SnapshotMeta { index, term, conf_state, election_timeout_ticks }, data };
     }
 
@@ -257,6 +279,7 @@ impl MemStorage {
         self.hard_state.commit = self.hard_state.commit.max(snapshot.meta.index);
         self.entries.clear();
         self.terms.clear();
+        (self.compacted, self.compacted_term) = (index, term);
         self.snapshot = snapshot;
     }
 
@@ -280,7 +303,7 @@ impl Storage for MemStorage {
     }
 
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64, out: &mut Vec<Entry>) -> Result<(), StorageError> {
-        let offset = self.snapshot.meta.index + 1;
+        let offset = self.compacted + 1;
         if lo < offset {
             return Err(StorageError::Compacted);
         }
@@ -318,11 +341,10 @@ impl Storage for MemStorage {
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
-        let snap = self.snapshot.meta.index;
-        if index == snap {
-            return Ok(self.snapshot.meta.term);
+        if index == self.compacted {
+            return Ok(self.compacted_term);
         }
-        if index < snap {
+        if index < self.compacted {
             return Err(StorageError::Compacted);
         }
         if index > self.last_index() {
@@ -332,11 +354,11 @@ impl Storage for MemStorage {
     }
 
     fn first_index(&self) -> Index {
-        self.snapshot.meta.index + 1
+        self.compacted + 1
     }
 
     fn last_index(&self) -> Index {
-        self.snapshot.meta.index + self.entries.len() as u64
+        self.compacted + self.entries.len() as u64
     }
 
     fn snapshot(&self, _request_index: Index, _to: NodeId) -> Result<Snapshot, StorageError> {
@@ -624,6 +646,28 @@ mod tests {
         assert_eq!(s.entries(2, 4, u64::MAX, &mut out), Err(StorageError::Compacted));
         s.entries(3, 4, u64::MAX, &mut out).unwrap();
         assert_eq!(out, vec![ent(3, 3)]);
+    }
+
+    #[test]
+    fn create_snapshot_keeps_catchup_entries_below_the_snapshot() {
+        let mut s = MemStorage::new();
+        s.set_catchup_entries(2);
+        s.append(&[ent(1, 1), ent(2, 1), ent(3, 2), ent(4, 2), ent(5, 3)]);
+        s.create_snapshot(4, ConfState::with_voters([1, 2]), 10, bytes::Bytes::from_static(b"sm"));
+        assert_eq!((s.compacted_index(), s.first_index(), s.last_index()), (2, 3, 5));
+        assert_eq!((s.term(2), s.term(3), s.term(4)), (Ok(1), Ok(2), Ok(2)));
+        assert_eq!(s.term(1), Err(StorageError::Compacted));
+        assert_eq!(s.snapshot(0, 2).unwrap().meta.index, 4, "the snapshot is the one at 4");
+        assert_eq!(s.initial_state().unwrap().conf_state, ConfState::with_voters([1, 2]));
+        let mut out = Vec::new();
+        s.entries(3, 6, u64::MAX, &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.index).collect::<Vec<_>>(), vec![3, 4, 5]);
+        // An installed snapshot replaces everything, tail included.
+        let mut sn = Snapshot::default();
+        sn.meta.index = 9;
+        sn.meta.term = 4;
+        s.apply_snapshot(sn);
+        assert_eq!((s.compacted_index(), s.first_index(), s.term(9)), (9, 10, Ok(4)));
     }
 
     #[test]
