@@ -42,7 +42,8 @@
 //! record, little-endian
 //!   0  u32      CRC32C of bytes 4..28+len, seeded with the batch header's CRC (a stale
 //!               record that happens to sit at the same offset fails this check)
-//!   4  u8       record type: 1 entry, 2 hard state, 3 snapshot marker, 4 snapshot install
+//!   4  u8       record type: 1 entry, 2 hard state, 3 snapshot marker, 4 snapshot install,
+//!               5 snapshot marker keeping a tail
 //!   5  u8       entry kind (EntryKind as u8) for entries, 0 otherwise
 //!   6  u16      reserved, 0
 //!   8  u32      payload length
@@ -54,7 +55,16 @@
 //!        snapshot marker /
 //!        snapshot install:  election_timeout_ticks u32, voter count u32,
 //!                           learner count u32, voters u64 x n, learners u64 x m
+//!        snapshot marker
+//!        keeping a tail:    compaction index u64, compaction term u64 (the log is
+//!                           released up to this index, at or below the snapshot's),
+//!                           then a snapshot marker's payload
 //! ```
+//!
+//! A snapshot marker (3) releases the log up to the snapshot's index; type 5 keeps
+//! the entries after its compaction index, so that followers slightly behind catch up
+//! from the log. Type 5 is written only when the compaction index is below the
+//! snapshot's, so a WAL that keeps no tail is written exactly as before.
 
 use skiff_engine::{ConfState, Entry, EntryKind, HardState, Index, SnapshotMeta, Term};
 
@@ -108,6 +118,9 @@ pub const RECORD_ENTRY: u8 = 1;
 pub const RECORD_HARD_STATE: u8 = 2;
 pub const RECORD_SNAPSHOT_MARKER: u8 = 3;
 pub const RECORD_SNAPSHOT_INSTALL: u8 = 4;
+pub const RECORD_SNAPSHOT_MARKER_TAIL: u8 = 5;
+/// The compaction point that prefixes a type-5 payload.
+const COMPACTION_POINT_BYTES: usize = 16;
 
 const HARD_STATE_PAYLOAD_BYTES: usize = 24;
 const SNAPSHOT_FIXED_PAYLOAD_BYTES: usize = 12;
@@ -263,7 +276,9 @@ impl BatchHeader {
 pub enum RecordRef<'a> {
     Entry(&'a Entry),
     HardState(HardState),
-    SnapshotMarker(&'a SnapshotMeta),
+    /// A local snapshot, and the compaction point `(index, term)` up to which the log is
+    /// released (the snapshot's own index and term when no tail is kept).
+    SnapshotMarker(&'a SnapshotMeta, (Index, Term)),
     SnapshotInstall(&'a SnapshotMeta),
 }
 
@@ -272,10 +287,16 @@ impl RecordRef<'_> {
         match self {
             RecordRef::Entry(e) => e.data.len(),
             RecordRef::HardState(_) => HARD_STATE_PAYLOAD_BYTES,
-            RecordRef::SnapshotMarker(m) | RecordRef::SnapshotInstall(m) => {
-                SNAPSHOT_FIXED_PAYLOAD_BYTES + 8 * (m.conf_state.voters.len() + m.conf_state.learners.len())
+            RecordRef::SnapshotMarker(m, _) | RecordRef::SnapshotInstall(m) => {
+                let tail = if self.keeps_tail() { COMPACTION_POINT_BYTES } else { 0 };
+                tail + SNAPSHOT_FIXED_PAYLOAD_BYTES + 8 * (m.conf_state.voters.len() + m.conf_state.learners.len())
             }
         }
+    }
+
+    /// A snapshot marker whose compaction point is below the snapshot (type 5).
+    fn keeps_tail(&self) -> bool {
+        matches!(self, RecordRef::SnapshotMarker(m, (index, _)) if *index != m.index)
     }
 
     /// Encoded size, header included.
@@ -327,7 +348,8 @@ pub fn encode_batch(
         let (rtype, kind, term, index) = match r {
             RecordRef::Entry(e) => (RECORD_ENTRY, e.kind as u8, e.term, e.index),
             RecordRef::HardState(_) => (RECORD_HARD_STATE, 0, 0, 0),
-            RecordRef::SnapshotMarker(m) => (RECORD_SNAPSHOT_MARKER, 0, m.term, m.index),
+            RecordRef::SnapshotMarker(m, _) if r.keeps_tail() => (RECORD_SNAPSHOT_MARKER_TAIL, 0, m.term, m.index),
+            RecordRef::SnapshotMarker(m, _) => (RECORD_SNAPSHOT_MARKER, 0, m.term, m.index),
             RecordRef::SnapshotInstall(m) => (RECORD_SNAPSHOT_INSTALL, 0, m.term, m.index),
         };
         rec[4] = rtype;
@@ -337,7 +359,14 @@ pub fn encode_batch(
         rec[8..12].copy_from_slice(&payload_len.to_le_bytes());
         rec[12..20].copy_from_slice(&term.to_le_bytes());
         rec[20..28].copy_from_slice(&index.to_le_bytes());
-        let payload = &mut rec[RECORD_HEADER_BYTES..];
+        let mut payload = &mut rec[RECORD_HEADER_BYTES..];
+        if let RecordRef::SnapshotMarker(_, (index, term)) = r
+            && r.keeps_tail()
+        {
+            payload[0..8].copy_from_slice(&index.to_le_bytes());
+            payload[8..16].copy_from_slice(&term.to_le_bytes());
+            payload = &mut payload[COMPACTION_POINT_BYTES..];
+        }
         match r {
             RecordRef::Entry(e) => {
                 payload.copy_from_slice(&e.data);
@@ -348,7 +377,7 @@ pub fn encode_batch(
                 payload[8..16].copy_from_slice(&hs.vote.to_le_bytes());
                 payload[16..24].copy_from_slice(&hs.commit.to_le_bytes());
             }
-            RecordRef::SnapshotMarker(m) | RecordRef::SnapshotInstall(m) => {
+            RecordRef::SnapshotMarker(m, _) | RecordRef::SnapshotInstall(m) => {
                 let cs = &m.conf_state;
                 payload[0..4].copy_from_slice(&m.election_timeout_ticks.to_le_bytes());
                 payload[4..8].copy_from_slice(&(cs.voters.len() as u32).to_le_bytes());
@@ -382,9 +411,15 @@ pub fn encode_batch(
 /// A decoded record, borrowing its payload from the batch bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordView<'a> {
-    Entry { term: Term, index: Index, kind: EntryKind, data: &'a [u8] },
+    Entry {
+        term: Term,
+        index: Index,
+        kind: EntryKind,
+        data: &'a [u8],
+    },
     HardState(HardState),
-    SnapshotMarker(SnapshotMeta),
+    /// A local snapshot and the compaction point `(index, term)` (types 3 and 5).
+    SnapshotMarker(SnapshotMeta, (Index, Term)),
     SnapshotInstall(SnapshotMeta),
 }
 
@@ -433,13 +468,19 @@ pub fn decode_record(b: &[u8], seed: u32) -> Result<(RecordView<'_>, usize), Rec
                 commit: u64_at(payload, 16),
             })
         }
-        t @ (RECORD_SNAPSHOT_MARKER | RECORD_SNAPSHOT_INSTALL) => {
-            let meta = decode_snapshot_meta(payload, term, index)?;
-            if t == RECORD_SNAPSHOT_MARKER {
-                RecordView::SnapshotMarker(meta)
-            } else {
-                RecordView::SnapshotInstall(meta)
+        RECORD_SNAPSHOT_MARKER => {
+            RecordView::SnapshotMarker(decode_snapshot_meta(payload, term, index)?, (index, term))
+        }
+        RECORD_SNAPSHOT_INSTALL => RecordView::SnapshotInstall(decode_snapshot_meta(payload, term, index)?),
+        RECORD_SNAPSHOT_MARKER_TAIL => {
+            if payload.len() < COMPACTION_POINT_BYTES {
+                return Err(RecordFault::Malformed("snapshot payload too short"));
             }
+            let point = (u64_at(payload, 0), u64_at(payload, 8));
+            if point.0 >= index || point.1 > term {
+                return Err(RecordFault::Malformed("compaction point not below the snapshot"));
+            }
+            RecordView::SnapshotMarker(decode_snapshot_meta(&payload[COMPACTION_POINT_BYTES..], term, index)?, point)
         }
         _ => return Err(RecordFault::Malformed("unknown record type")),
     };
@@ -537,14 +578,15 @@ mod tests {
             RecordRef::Entry(&e1),
             RecordRef::Entry(&e2),
             RecordRef::HardState(hs),
-            RecordRef::SnapshotMarker(&meta),
+            RecordRef::SnapshotMarker(&meta, (4, 2)),
+            RecordRef::SnapshotMarker(&meta, (1, 1)),
         ];
         let mut buf = vec![0xAAu8; batch_padded_bytes(&records)];
         assert_eq!(buf.len(), BLOCK_BYTES);
         let mut placed = Vec::new();
         let seed = encode_batch(&mut buf, 12, 4, &records, &mut placed);
         let h = BatchHeader::decode(&buf).expect("header");
-        assert_eq!((h.batch_seq, h.segment_seq, h.record_count, h.crc), (12, 4, 5, seed));
+        assert_eq!((h.batch_seq, h.segment_seq, h.record_count, h.crc), (12, 4, 6, seed));
         assert_eq!(h.padded_bytes(), buf.len());
         let mut at = BATCH_HEADER_BYTES;
         let mut views = Vec::new();
@@ -558,7 +600,13 @@ mod tests {
         assert_eq!(views[0], RecordView::SnapshotInstall(meta.clone()));
         assert_eq!(views[1], RecordView::Entry { term: 2, index: 5, kind: EntryKind::ConfChange, data: b"hello" });
         assert_eq!(views[3], RecordView::HardState(hs));
-        assert_eq!(views[4], RecordView::SnapshotMarker(meta.clone()));
+        assert_eq!(views[4], RecordView::SnapshotMarker(meta.clone(), (4, 2)));
+        assert_eq!(views[5], RecordView::SnapshotMarker(meta.clone(), (1, 1)));
+        // Without a tail the marker is type 3, as before type 5 existed; with one, 5.
+        let type_at =
+            |i: usize| buf[BATCH_HEADER_BYTES + records[..i].iter().map(|r| r.encoded_bytes()).sum::<usize>() + 4];
+        assert_eq!((type_at(4), type_at(5)), (RECORD_SNAPSHOT_MARKER, RECORD_SNAPSHOT_MARKER_TAIL));
+        assert_eq!(records[5].encoded_bytes(), records[4].encoded_bytes() + COMPACTION_POINT_BYTES);
         assert_eq!(placed.len(), 2);
         assert_eq!(placed[0].offset_in_batch as usize, BATCH_HEADER_BYTES + records[0].encoded_bytes());
         // A different seed (another batch's header) rejects every record.

@@ -31,6 +31,34 @@ pub struct EntryLoc {
 /// Reads larger than this for cold entries are split (bounds the temporary buffer).
 const COLD_READ_BYTES_MAX: usize = 4 << 20;
 
+/// Where to compact for a snapshot at `meta.index`: that index, less up to
+/// `keep_entries` entries below it whose records take at most `keep_bytes` (a catch-up
+/// tail), never below `floor` (the current compaction point). `record(i)` gives the term
+/// and encoded record size of entry `i`, for `floor.0 < i <= meta.index`.
+pub fn compaction_point(
+    meta: &SnapshotMeta,
+    floor: (Index, Term),
+    keep_entries: u64,
+    keep_bytes: u64,
+    record: impl Fn(Index) -> (Term, u64),
+) -> (Index, Term) {
+    let (mut at, mut bytes) = (meta.index, 0u64);
+    while at > floor.0 && meta.index - at < keep_entries {
+        bytes += record(at).1;
+        if bytes > keep_bytes {
+            break;
+        }
+        at -= 1;
+    }
+    if at == meta.index {
+        (meta.index, meta.term)
+    } else if at == floor.0 {
+        floor
+    } else {
+        (at, record(at).0)
+    }
+}
+
 /// The shared log state.
 #[derive(Debug)]
 pub(crate) struct LogState<Fl> {
@@ -38,7 +66,10 @@ pub(crate) struct LogState<Fl> {
     /// The state-machine snapshot at `snapshot.index`, once the node provides it.
     pub snapshot_data: Option<Bytes>,
     pub hard_state: HardState,
-    /// `locs[i]` is entry `snapshot.index + 1 + i`.
+    /// The compaction point `(index, term)`: the log is released up to here, which is
+    /// the snapshot's index or below it when a catch-up tail is kept.
+    pub compacted: (Index, Term),
+    /// `locs[i]` is entry `compacted.0 + 1 + i`.
     pub locs: VecDeque<EntryLoc>,
     /// The last `cache.len()` entries of the log.
     pub cache: VecDeque<Entry>,
@@ -58,6 +89,7 @@ impl<Fl: WalFile> LogState<Fl> {
             snapshot: SnapshotMeta::default(),
             snapshot_data: None,
             hard_state: HardState::default(),
+            compacted: (0, 0),
             locs: VecDeque::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,
@@ -69,11 +101,28 @@ impl<Fl: WalFile> LogState<Fl> {
     }
 
     pub fn first_index(&self) -> Index {
-        self.snapshot.index + 1
+        self.compacted.0 + 1
     }
 
     pub fn last_index(&self) -> Index {
-        self.snapshot.index + self.locs.len() as u64
+        self.compacted.0 + self.locs.len() as u64
+    }
+
+    /// Term of a live entry or of the compaction point.
+    pub fn term_of(&self, index: Index) -> Option<Term> {
+        if index == self.compacted.0 {
+            return Some(self.compacted.1);
+        }
+        self.locs.get(index.checked_sub(self.compacted.0 + 1)? as usize).map(|l| l.term)
+    }
+
+    /// Where to compact this log for a snapshot at `meta.index` ([`compaction_point`]).
+    #[cfg(test)]
+    pub fn compaction_point(&self, meta: &SnapshotMeta, keep_entries: u64, keep_bytes: u64) -> (Index, Term) {
+        compaction_point(meta, self.compacted, keep_entries, keep_bytes, |i| {
+            let loc = self.locs[(i - self.compacted.0 - 1) as usize];
+            (loc.term, loc.len as u64)
+        })
     }
 
     fn cache_first(&self) -> Index {
@@ -96,10 +145,10 @@ impl<Fl: WalFile> LogState<Fl> {
         let Some(first) = entries.first() else { return };
         debug_assert_eq!(entries.len(), locs.len());
         assert!(
-            first.index > self.snapshot.index && first.index <= self.last_index() + 1,
+            first.index > self.compacted.0 && first.index <= self.last_index() + 1,
             "log append: entry {} outside ({}, {}]",
             first.index,
-            self.snapshot.index,
+            self.compacted.0,
             self.last_index() + 1
         );
         // The cache holds a suffix of the log; truncating both keeps it one.
@@ -122,27 +171,33 @@ impl<Fl: WalFile> LogState<Fl> {
             self.snapshot_data = None;
         }
         self.snapshot = meta.clone();
+        self.compacted = (meta.index, meta.term);
     }
 
-    /// Discards entries up to `meta.index` after a local snapshot.
+    /// Records a local snapshot at `meta.index` and discards entries up to `point`
+    /// (at or below it, from [`LogState::compaction_point`]).
     ///
     /// # Panics
-    /// If `meta.index` is beyond the last index.
-    pub fn compact(&mut self, meta: &SnapshotMeta) {
+    /// If `meta.index` is beyond the last index or `point` beyond `meta.index`.
+    pub fn compact(&mut self, meta: &SnapshotMeta, point: (Index, Term)) {
         if meta.index <= self.snapshot.index {
             return;
         }
         assert!(
-            meta.index <= self.last_index(),
-            "compact: {} is beyond the last index {}",
+            meta.index <= self.last_index() && point.0 <= meta.index,
+            "compact: snapshot {} or compaction point {} is beyond the last index {}",
             meta.index,
+            point.0,
             self.last_index()
         );
-        let drop = (meta.index - self.snapshot.index) as usize;
-        self.locs.drain(..drop);
-        while self.cache.len() > self.locs.len() {
-            let e = self.cache.pop_front().expect("non-empty");
-            self.cache_bytes -= e.size_bytes();
+        if point.0 > self.compacted.0 {
+            let drop = (point.0 - self.compacted.0) as usize;
+            self.locs.drain(..drop);
+            while self.cache.len() > self.locs.len() {
+                let e = self.cache.pop_front().expect("non-empty");
+                self.cache_bytes -= e.size_bytes();
+            }
+            self.compacted = point;
         }
         self.snapshot = meta.clone();
         self.snapshot_data = None;
@@ -323,13 +378,10 @@ impl<Fl: WalFile> Storage for WalStorage<Fl> {
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
         let log = self.log.borrow();
-        if index == log.snapshot.index {
-            return Ok(log.snapshot.term);
-        }
-        if index < log.snapshot.index {
+        if index < log.compacted.0 {
             return Err(StorageError::Compacted);
         }
-        log.locs.get((index - log.snapshot.index - 1) as usize).map(|l| l.term).ok_or(StorageError::Unavailable)
+        log.term_of(index).ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Index {
@@ -389,9 +441,36 @@ mod tests {
     }
 
     #[test]
+    fn compaction_keeps_a_tail_bounded_by_entries_and_bytes() {
+        // Records of 50 bytes each (`loc`), entries 1..=10, terms 1 (1..=4) and 2.
+        let es: Vec<(Index, Term)> = (1..=10).map(|i| (i, if i <= 4 { 1 } else { 2 })).collect();
+        let mut log = log_with(&es, u64::MAX);
+        let meta = SnapshotMeta { index: 8, term: 2, ..Default::default() };
+        assert_eq!(log.compaction_point(&meta, 0, u64::MAX), (8, 2));
+        assert_eq!(log.compaction_point(&meta, 5, u64::MAX), (3, 1));
+        assert_eq!(log.compaction_point(&meta, 5, 120), (6, 2), "two records of 50 bytes fit in 120");
+        assert_eq!(log.compaction_point(&meta, 100, u64::MAX), (0, 0), "never below the log");
+        log.compact(&meta, (3, 1));
+        assert_eq!((log.snapshot.index, log.first_index(), log.last_index()), (8, 4, 10));
+        let s = WalStorage { log: Rc::new(RefCell::new(log)) };
+        assert_eq!((s.term(3), s.term(4), s.term(8)), (Ok(1), Ok(1), Ok(2)));
+        assert_eq!(s.term(2), Err(StorageError::Compacted));
+        let mut out = Vec::new();
+        s.entries(4, 9, u64::MAX, &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.index).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        // The next snapshot moves the point on, never back.
+        let mut log = s.log.borrow_mut();
+        let meta = SnapshotMeta { index: 9, term: 2, ..Default::default() };
+        assert_eq!(log.compaction_point(&meta, 100, u64::MAX), (3, 1));
+        let point = log.compaction_point(&meta, 2, u64::MAX);
+        log.compact(&meta, point);
+        assert_eq!((log.compacted, log.first_index()), ((7, 2), 8));
+    }
+
+    #[test]
     fn compact_keeps_term_of_compaction_point_and_entries_limits_bytes() {
         let mut log = log_with(&[(1, 1), (2, 2), (3, 3)], u64::MAX);
-        log.compact(&SnapshotMeta { index: 2, term: 2, ..Default::default() });
+        log.compact(&SnapshotMeta { index: 2, term: 2, ..Default::default() }, (2, 2));
         let s = WalStorage { log: Rc::new(RefCell::new(log)) };
         assert_eq!(s.first_index(), 3);
         assert_eq!(s.term(2), Ok(2));

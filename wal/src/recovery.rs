@@ -28,10 +28,10 @@
 //! | R1  | entry at index `<= last + 1`, above the compaction point         | append; a later append at the same index supersedes the suffix |
 //! | R2  | entry index leaves a gap, or is at or below the compaction point | corruption at the record |
 //! | R3  | hard state                                                       | the latest wins |
-//! | R4  | snapshot marker                                                  | compact to it (beyond the last index: corruption) |
+//! | R4  | snapshot marker (types 3 and 5)                                  | compact to its compaction point (type 3: the snapshot's index; type 5: below it, keeping a tail); snapshot beyond the last index: corruption |
 //! | R5  | snapshot install                                                 | replace the whole log |
 //! | R6  | record with a valid CRC but unknown type or entry kind           | corruption at the record |
-//! | F1  | oldest segment starts after the snapshot covering its predecessors | corruption: segments missing |
+//! | F1  | oldest segment starts after the compaction point covering its predecessors | corruption: segments missing |
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -218,8 +218,11 @@ pub struct Tail {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub snapshot: SnapshotMeta,
+    /// The compaction point `(index, term)` (the snapshot's, or below it when a tail is
+    /// kept).
+    pub compacted: (Index, Term),
     pub hard_state: HardState,
-    /// Entry `snapshot.index + 1 + i` is at `locs[i]`.
+    /// Entry `compacted.0 + 1 + i` is at `locs[i]`.
     pub locs: VecDeque<EntryLoc>,
     /// The last entries of the log, within the cache budget.
     pub cache: VecDeque<Entry>,
@@ -242,7 +245,7 @@ impl Recovered {
 
     /// Last index of the recovered log.
     pub fn last_index(&self) -> Index {
-        self.snapshot.index + self.locs.len() as u64
+        self.compacted.0 + self.locs.len() as u64
     }
 }
 
@@ -470,7 +473,7 @@ impl Replay {
                 // Row R3.
                 RecordView::HardState(hs) => self.out.hard_state = *hs,
                 // Row R4.
-                RecordView::SnapshotMarker(m) => {
+                RecordView::SnapshotMarker(m, point) => {
                     if m.index > self.last() {
                         return Err(corruption(
                             &self.dir,
@@ -479,12 +482,13 @@ impl Replay {
                             format!("snapshot marker at {} is beyond the last index {}", m.index, self.last()),
                         ));
                     }
-                    if m.index >= self.base {
-                        self.compact_to(m.index);
+                    if point.0 >= self.base {
+                        self.compact_to(point.0);
                         self.anchored = true;
                     }
                     if m.index >= self.out.snapshot.index {
                         self.out.snapshot = m.clone();
+                        self.out.compacted = *point;
                     }
                 }
                 // Row R5.
@@ -495,6 +499,7 @@ impl Replay {
                     self.base = m.index;
                     self.anchored = true;
                     self.out.snapshot = m.clone();
+                    self.out.compacted = (m.index, m.term);
                     self.out.hard_state.commit = self.out.hard_state.commit.max(m.index);
                 }
             }
@@ -514,15 +519,17 @@ impl Replay {
 
     /// The recovered state (row F1 checked here).
     pub fn finish(mut self) -> Result<Recovered, WalError> {
-        if self.base != self.out.snapshot.index {
+        if self.base != self.out.compacted.0 {
             let seq = self.first_segment.expect("a base above 0 comes from a segment header");
             return Err(corruption(
                 &self.dir,
                 seq,
                 0,
                 format!(
-                    "the log starts after index {} but the latest snapshot is at {}: earlier segments are missing",
-                    self.base, self.out.snapshot.index
+                    "the log starts after index {} but the latest snapshot (at {}) keeps it from {}: earlier segments are missing",
+                    self.base,
+                    self.out.snapshot.index,
+                    self.out.compacted.0 + 1
                 ),
             ));
         }
@@ -619,10 +626,10 @@ pub fn recover_files(
 
 /// Term of `index` in a recovered log, if present (tests).
 pub fn recovered_term(r: &Recovered, index: Index) -> Option<Term> {
-    if index == r.snapshot.index {
-        return Some(r.snapshot.term);
+    if index == r.compacted.0 {
+        return Some(r.compacted.1);
     }
-    r.locs.get(index.checked_sub(r.snapshot.index + 1)? as usize).map(|l| l.term)
+    r.locs.get(index.checked_sub(r.compacted.0 + 1)? as usize).map(|l| l.term)
 }
 
 #[cfg(test)]

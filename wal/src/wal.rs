@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use skiff_engine::{Entry, HardState, SnapshotMeta};
+use skiff_engine::{Entry, HardState, Index, SnapshotMeta};
 
 use crate::error::WalError;
 use crate::format::{
@@ -33,7 +33,7 @@ use crate::format::{
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DATA_OFFSET_BYTES, SegmentHeader,
 };
 use crate::fs::{FileSystem, IoBuffer, WalFile};
-use crate::log::{EntryLoc, LogState, WalStorage};
+use crate::log::{EntryLoc, LogState, WalStorage, compaction_point};
 use crate::recovery::{self, Replay, TornTail};
 
 /// Default tail cache: recent entries served from memory to followers that are a
@@ -114,6 +114,13 @@ pub struct WalOptions {
     pub spare_segments: usize,
     /// How appends are made durable. Default [`SyncMode::Dsync`].
     pub sync: SyncMode,
+    /// Entries kept below each local snapshot (a compaction keeps the last this many
+    /// entries up to the snapshot's index), so that a follower slightly behind catches
+    /// up from the log rather than receiving the whole snapshot; etcd keeps 5,000.
+    /// Default 0: compact to the snapshot's index.
+    pub catchup_entries: u64,
+    /// Bound on the encoded bytes of those entries. Default `u64::MAX`.
+    pub catchup_bytes: u64,
 }
 
 impl WalOptions {
@@ -126,6 +133,8 @@ impl WalOptions {
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             spare_segments: SPARE_SEGMENTS_DEFAULT,
             sync: SyncMode::default(),
+            catchup_entries: 0,
+            catchup_bytes: u64::MAX,
         }
     }
 
@@ -274,8 +283,9 @@ struct State<F: FileSystem> {
     /// a node that compacts regularly never pays for zeroing a segment twice.
     spares_filled: bool,
     next_spare_seq: u64,
-    /// Appends carrying a compaction or install: (seq, segment it is in).
-    releases: VecDeque<(u64, u64)>,
+    /// Appends carrying a compaction or install: (seq, segment it is in, first segment
+    /// still holding the log after it; `None` when the log after it is empty).
+    releases: VecDeque<(u64, u64, Option<u64>)>,
     /// Segments released and not yet recycled or removed.
     released: VecDeque<u64>,
     /// Segments holding the log, ascending.
@@ -390,16 +400,20 @@ impl<F: FileSystem> Inner<F> {
     fn release_segments(&self) {
         let mut st = self.st.borrow_mut();
         let mut keep_from = None;
-        while let Some(&(seq, seg)) = st.releases.front() {
+        while let Some(&(seq, seg, live)) = st.releases.front() {
             if seq > st.synced_seq {
                 break;
             }
             st.releases.pop_front();
-            keep_from = Some(seg);
+            keep_from = Some((seg, live));
         }
-        let Some(marker_seg) = keep_from else { return };
+        let Some((marker_seg, live)) = keep_from else { return };
         let mut log = self.log.borrow_mut();
-        let bound = log.first_live_segment().map_or(marker_seg, |s| s.min(marker_seg));
+        // The live log as of the durable compaction, not the current one: a later
+        // compaction already submitted but not yet durable must not release segments
+        // that recovery would still need if it never became durable.
+        let bound = live.map_or(marker_seg, |s| s.min(marker_seg));
+        let bound = log.first_live_segment().map_or(bound, |s| s.min(bound));
         while st.segments.front().is_some_and(|&s| s < bound) {
             let s = st.segments.pop_front().expect("non-empty");
             log.files.remove(&s);
@@ -813,6 +827,7 @@ impl<F: FileSystem + 'static> Wal<F> {
             active = Some(file_of(t.segment_seq));
         }
         log.snapshot = rec.snapshot.clone();
+        log.compacted = rec.compacted;
         log.hard_state = rec.hard_state;
         log.locs = rec.locs;
         log.cache = rec.cache;
@@ -974,13 +989,29 @@ impl<F: FileSystem> Wal<F> {
         let compact = a.compact.filter(|m| m.index > log.snapshot.index || a.install.is_some());
         let preamble_hs = log.hard_state;
         let preamble_snapshot = &log.snapshot;
+        let preamble_point = log.compacted;
+        // Where the compaction lands, computed on the log as it will be after this
+        // append's entries (the snapshot is at or below their last index).
+        let point = compact.map(|m| {
+            let new_from = a.entries.first().map_or(Index::MAX, |e| e.index);
+            let floor = a.install.map_or(log.compacted, |i| (i.index, i.term));
+            compaction_point(m, floor, inner.opts.catchup_entries, inner.opts.catchup_bytes, |i| {
+                if i >= new_from {
+                    let e = &a.entries[(i - new_from) as usize];
+                    (e.term, RecordRef::Entry(e).encoded_bytes() as u64)
+                } else {
+                    let loc = log.locs[(i - log.compacted.0 - 1) as usize];
+                    (loc.term, loc.len as u64)
+                }
+            })
+        });
         let build = |with_preamble: bool| {
             let mut recs: Vec<RecordRef<'_>> = Vec::with_capacity(a.entries.len() + 4);
             if with_preamble {
                 // Each segment restates the snapshot and hard state, so that recovery
                 // never needs a segment that compaction released.
                 if preamble_snapshot.index > 0 {
-                    recs.push(RecordRef::SnapshotMarker(preamble_snapshot));
+                    recs.push(RecordRef::SnapshotMarker(preamble_snapshot, preamble_point));
                 }
                 if !preamble_hs.is_empty() {
                     recs.push(RecordRef::HardState(preamble_hs));
@@ -993,8 +1024,8 @@ impl<F: FileSystem> Wal<F> {
             if let Some(hs) = a.hard_state {
                 recs.push(RecordRef::HardState(hs));
             }
-            if let Some(m) = compact {
-                recs.push(RecordRef::SnapshotMarker(m));
+            if let (Some(m), Some(p)) = (compact, point) {
+                recs.push(RecordRef::SnapshotMarker(m, p));
             }
             recs
         };
@@ -1056,9 +1087,10 @@ impl<F: FileSystem> Wal<F> {
         if let Some(hs) = a.hard_state {
             log.hard_state = hs;
         }
-        if let Some(m) = compact {
-            log.compact(m);
+        if let (Some(m), Some(p)) = (compact, point) {
+            log.compact(m, p);
         }
+        let live_segment = log.first_live_segment();
         drop(log);
 
         st.next_seq += 1;
@@ -1067,7 +1099,7 @@ impl<F: FileSystem> Wal<F> {
         st.seg_has_batches = true;
         st.seg_offset = file_at + len as u64;
         if compact.is_some() || a.install.is_some() {
-            st.releases.push_back((seq, seg_seq));
+            st.releases.push_back((seq, seg_seq, live_segment));
         }
         st.unacked.push_back(Unacked { seq, tag: a.tag, sync: a.must_sync });
         st.queue.push_back(Pending {

@@ -202,6 +202,68 @@ fn compaction_releases_whole_segments_and_recovery_needs_none_of_them() {
     });
 }
 
+/// With `catchup_entries`, a compaction keeps the entries just below the snapshot
+/// (bounded by count and by bytes) for followers slightly behind; recovery restores
+/// the same compaction point, and later compactions move it on.
+#[test]
+fn compaction_keeps_a_catch_up_tail_across_recovery() {
+    run(async {
+        let fs = SimFs::new();
+        let dir = sim_dir();
+        let mut opts = small_opts(&dir);
+        opts.catchup_entries = 10;
+        let mut model = Model { catchup_entries: 10, ..Model::default() };
+        let wal = Wal::open(fs.clone(), opts.clone()).await.unwrap();
+        for i in 1..=60u64 {
+            let e = [ent(i, 1 + i / 40, 3000)];
+            let hard_state = Some(hs(1 + i / 40, i.saturating_sub(2)));
+            submit(&wal, &mut model, Append { entries: &e, hard_state, must_sync: true, ..Default::default() }).await;
+            wal.next_completion().await.unwrap();
+        }
+        let before: Vec<String> = fs.files_in(&dir).into_iter().map(|f| f.0).collect();
+        let m = meta(45, 2);
+        submit(&wal, &mut model, Append { compact: Some(&m), must_sync: true, ..Default::default() }).await;
+        wal.next_completion().await.unwrap();
+        assert_eq!((model.compacted, wal.storage().first_index()), ((35, 1), 36));
+        model.assert_storage(&wal.storage());
+        wal.storage().set_snapshot_data(45, Bytes::from_static(b"kv state"));
+        assert_eq!(wal.storage().snapshot(36, 3).unwrap().meta, m, "the snapshot is still the one at 45");
+        for i in 61..=90u64 {
+            let e = [ent(i, 2, 3000)];
+            submit(&wal, &mut model, Append { entries: &e, must_sync: true, ..Default::default() }).await;
+            wal.next_completion().await.unwrap();
+        }
+        wal.close().await.unwrap();
+        let after: Vec<String> = fs.files_in(&dir).into_iter().map(|f| f.0).collect();
+        assert!(!after.contains(&before[0]), "segments wholly below the tail were released: {before:?} -> {after:?}");
+
+        let wal = Wal::open(fs.clone(), opts.clone()).await.unwrap();
+        model.assert_storage(&wal.storage());
+        assert_eq!(wal.storage().snapshot_meta(), m);
+        assert_eq!(wal.storage().term(35), Ok(1));
+        assert_eq!(wal.storage().term(34), Err(StorageError::Compacted));
+        // The next snapshot moves the point to 80 - 10; then a byte bound of two
+        // records keeps only two entries.
+        let m2 = meta(80, 2);
+        submit(&wal, &mut model, Append { compact: Some(&m2), must_sync: true, ..Default::default() }).await;
+        wal.next_completion().await.unwrap();
+        assert_eq!(wal.storage().first_index(), 71);
+        wal.close().await.unwrap();
+        opts.catchup_bytes = 2 * 3100;
+        let wal = Wal::open(fs.clone(), opts.clone()).await.unwrap();
+        model.assert_storage(&wal.storage());
+        let m3 = meta(85, 2);
+        wal.submit(&Append { compact: Some(&m3), must_sync: true, ..Default::default() }).await.unwrap();
+        wal.next_completion().await.unwrap();
+        assert_eq!(wal.storage().first_index(), 84);
+        wal.close().await.unwrap();
+        let wal = Wal::open(fs.clone(), opts).await.unwrap();
+        assert_eq!((wal.storage().first_index(), wal.storage().last_index()), (84, 90));
+        assert_eq!(wal.storage().snapshot_meta(), m3);
+        wal.close().await.unwrap();
+    });
+}
+
 #[test]
 fn snapshot_install_replaces_the_whole_log() {
     run(async {

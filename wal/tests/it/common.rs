@@ -76,24 +76,37 @@ impl Drop for TestDir {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     pub snapshot: SnapshotMeta,
+    /// The compaction point `(index, term)`: the snapshot's, or below it by up to
+    /// `catchup_entries` (the WAL's option of that name).
+    pub compacted: (Index, Term),
+    pub catchup_entries: u64,
     pub hard_state: HardState,
-    /// Entry `snapshot.index + 1 + i`.
+    /// Entry `compacted.0 + 1 + i`.
     pub entries: Vec<Entry>,
 }
 
 impl Model {
     pub fn last_index(&self) -> Index {
-        self.snapshot.index + self.entries.len() as u64
+        self.compacted.0 + self.entries.len() as u64
+    }
+
+    /// Term of `index` (the compaction point or a live entry).
+    pub fn term(&self, index: Index) -> Term {
+        if index == self.compacted.0 {
+            return self.compacted.1;
+        }
+        self.entries[(index - self.compacted.0 - 1) as usize].term
     }
 
     pub fn apply(&mut self, a: &Append<'_>) {
         if let Some(m) = a.install {
             self.entries.clear();
             self.snapshot = m.clone();
+            self.compacted = (m.index, m.term);
             self.hard_state.commit = self.hard_state.commit.max(m.index);
         }
         if let Some(first) = a.entries.first() {
-            self.entries.truncate((first.index - self.snapshot.index - 1) as usize);
+            self.entries.truncate((first.index - self.compacted.0 - 1) as usize);
             self.entries.extend(a.entries.iter().cloned());
         }
         if let Some(hs) = a.hard_state {
@@ -102,7 +115,12 @@ impl Model {
         if let Some(m) = a.compact
             && m.index > self.snapshot.index
         {
-            self.entries.drain(..(m.index - self.snapshot.index) as usize);
+            let point = m.index.saturating_sub(self.catchup_entries).max(self.compacted.0);
+            if point > self.compacted.0 {
+                let term = self.term(point);
+                self.entries.drain(..(point - self.compacted.0) as usize);
+                self.compacted = (point, term);
+            }
             self.snapshot = m.clone();
         }
     }
@@ -110,6 +128,7 @@ impl Model {
     /// True when a recovered log is exactly this state.
     pub fn matches(&self, r: &Recovered) -> bool {
         r.snapshot == self.snapshot
+            && r.compacted == self.compacted
             && r.hard_state == self.hard_state
             && r.locs.len() == self.entries.len()
             && r.cache.iter().eq(self.entries.iter())
@@ -118,14 +137,15 @@ impl Model {
 
     /// Asserts that `s` serves exactly this log.
     pub fn assert_storage(&self, s: &impl Storage) {
-        assert_eq!(s.first_index(), self.snapshot.index + 1, "first index");
+        assert_eq!(s.first_index(), self.compacted.0 + 1, "first index");
         assert_eq!(s.last_index(), self.last_index(), "last index");
         assert_eq!(s.term(self.snapshot.index), Ok(self.snapshot.term), "snapshot term");
+        assert_eq!(s.term(self.compacted.0), Ok(self.compacted.1), "compaction point term");
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state, self.hard_state);
         assert_eq!(st.conf_state, self.snapshot.conf_state);
         let mut out = Vec::new();
-        s.entries(self.snapshot.index + 1, self.last_index() + 1, u64::MAX, &mut out).unwrap();
+        s.entries(self.compacted.0 + 1, self.last_index() + 1, u64::MAX, &mut out).unwrap();
         assert_eq!(out.len(), self.entries.len(), "entry count");
         for (got, want) in out.iter().zip(&self.entries) {
             assert_eq!(got, want, "entry {}", want.index);

@@ -31,13 +31,15 @@ fn record_workload(
     run(async move {
         let (fs, mut model) = match start {
             Some((disk, m)) => (SimFs::from_disk(disk), m),
-            None => (SimFs::new(), Model::default()),
+            None => (SimFs::new(), Model { catchup_entries: catchup_entries(sync), ..Model::default() }),
         };
         fs.create_dir_for_test(&sim_dir());
         // Traced from before the open: recovery's own writes (zeroing a stale tail,
         // removing spares) are crash points too.
         fs.start_trace();
-        let wal = std::rc::Rc::new(Wal::open(fs.clone(), small_opts_sync(&sim_dir(), sync)).await.unwrap());
+        let mut opts = small_opts_sync(&sim_dir(), sync);
+        opts.catchup_entries = model.catchup_entries;
+        let wal = std::rc::Rc::new(Wal::open(fs.clone(), opts).await.unwrap());
         let drain = {
             let (wal, fs) = (wal.clone(), fs.clone());
             glommio::spawn_local(async move {
@@ -126,12 +128,21 @@ fn record_workload(
     })
 }
 
+/// Entries kept below each snapshot: the O_DSYNC workload keeps a catch-up tail (type-5
+/// snapshot markers), the fdatasync one compacts to the snapshot (type 3).
+fn catchup_entries(sync: SyncMode) -> u64 {
+    match sync {
+        SyncMode::Dsync => 5,
+        SyncMode::Fdatasync => 0,
+    }
+}
+
 /// Term of `index` in the model once `entries` are appended.
 fn model_term(model: &Model, entries: &[skiff_engine::Entry], index: u64) -> u64 {
     if let Some(e) = entries.iter().find(|e| e.index == index) {
         return e.term;
     }
-    model.entries[(index - model.snapshot.index - 1) as usize].term
+    model.term(index)
 }
 
 /// The index `k` (in `models`, offset so that `models[0]` is the state before the

@@ -245,14 +245,33 @@ fn rows_r2_r4_r5_r6_record_semantics() {
     // R4: a snapshot marker beyond the last index.
     let mut f = files.clone();
     let m = SnapshotMeta { index: model.last_index() + 5, term: 2, ..Default::default() };
-    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m)]);
+    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m, (m.index, m.term))]);
     assert!(recover(&f).unwrap_err().to_string().contains("beyond the last index"), "R4");
     // R4 within the log: compacts.
     let mut f = files.clone();
     let m = SnapshotMeta { index: 30, term: 1, ..Default::default() };
-    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m)]);
+    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m, (m.index, m.term))]);
     let r = recover(&f).unwrap();
     assert_eq!((r.snapshot.index, r.locs.len() as u64), (30, model.last_index() - 30), "R4");
+    // R4, type 5: a marker keeping a tail compacts to its point, below the snapshot.
+    let mut f = files.clone();
+    let m = SnapshotMeta { index: 30, term: 1, ..Default::default() };
+    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m, (22, 1))]);
+    let r = recover(&f).unwrap();
+    assert_eq!((r.snapshot.index, r.compacted, r.last_index()), (30, (22, 1), model.last_index()), "R4 tail");
+    // F1 with a tail: segment 1 (entries 1 to 15) is missing but the marker keeps the
+    // log from 11; keeping it from 16 instead, the same files recover.
+    let mut f = files.clone();
+    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m, (10, 1))]);
+    f.retain(|x| x.0 != format::segment_name(1));
+    match recover(&f) {
+        Err(e) => assert!(e.to_string().contains("earlier segments are missing"), "F1 tail: {e}"),
+        Ok(r) => panic!("F1 tail: recovered a log from {} without entries 11 to 15", r.compacted.0 + 1),
+    }
+    let mut f = files.clone();
+    append_crafted(&mut f, &[RecordRef::SnapshotMarker(&m, (15, 1))]);
+    f.retain(|x| x.0 != format::segment_name(1));
+    assert_eq!(recover(&f).map(|r| r.compacted).ok(), Some((15, 1)), "F1 tail: nothing missing");
     // R5: an install replaces everything.
     let mut f = files.clone();
     let m = SnapshotMeta { index: 500, term: 4, conf_state: ConfState::with_voters([2]), election_timeout_ticks: 3 };
