@@ -130,8 +130,9 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Flags of a soak run: elections within about a second, small WAL segments and
-/// frequent snapshots so that rotation, compaction and snapshot transfer all happen.
+/// Flags of a soak run: elections within about a second, small WAL segments,
+/// frequent snapshots and a short log kept below them, so that rotation, compaction,
+/// catch-up from the kept log and snapshot transfer all happen.
 pub const SOAK_NODE_FLAGS: &[&str] = &[
     "--tick-ms",
     "50",
@@ -145,6 +146,8 @@ pub const SOAK_NODE_FLAGS: &[&str] = &[
     "4194304",
     "--snapshot-log-bytes",
     "65536",
+    "--snapshot-catchup-entries",
+    "200",
 ];
 
 impl Config {

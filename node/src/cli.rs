@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// Applied log bytes since the last snapshot that trigger a new one (default 67108864).
     #[arg(long)]
     pub snapshot_log_bytes: Option<u64>,
+    /// Entries kept below each snapshot for followers a little behind (0..=10000000,
+    /// default 5000).
+    #[arg(long)]
+    pub snapshot_catchup_entries: Option<u64>,
+    /// Bound on the WAL bytes of those entries (default 67108864).
+    #[arg(long)]
+    pub snapshot_catchup_bytes: Option<u64>,
     /// WAL appends not yet durable before the shard stops taking new batches (1..=8, default 4).
     #[arg(long)]
     pub wal_writes_in_flight: Option<u64>,
@@ -182,6 +189,8 @@ impl ServeArgs {
         put_int(&mut t, "frame_bytes_max", self.frame_bytes_max)?;
         put_int(&mut t, "wal_segment_bytes", self.wal_segment_bytes)?;
         put_int(&mut t, "snapshot_log_bytes", self.snapshot_log_bytes)?;
+        put_int(&mut t, "snapshot_catchup_entries", self.snapshot_catchup_entries)?;
+        put_int(&mut t, "snapshot_catchup_bytes", self.snapshot_catchup_bytes)?;
         put_int(&mut t, "wal_writes_in_flight", self.wal_writes_in_flight)?;
         put(&mut t, "wal_sync", self.wal_sync.clone());
         put_int(&mut t, "max_clients", self.max_clients)?;

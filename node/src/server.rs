@@ -399,6 +399,8 @@ pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, Start
         wal_segment_bytes: cfg.wal_segment_bytes,
         frame_bytes_max: cfg.frame_bytes_max as usize,
         snapshot_log_bytes: cfg.snapshot_log_bytes,
+        snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+        snapshot_catchup_bytes: cfg.snapshot_catchup_bytes,
         wal_writes_in_flight: cfg.wal_writes_in_flight,
         wal_sync: match cfg.wal_sync {
             WalSyncSetting::Dsync => skiff_wal::SyncMode::Dsync,

@@ -117,6 +117,9 @@ pub struct ShardParams {
     pub wal_segment_bytes: u64,
     pub frame_bytes_max: usize,
     pub snapshot_log_bytes: u64,
+    /// Entries the WAL keeps below each snapshot, and the bound on their bytes.
+    pub snapshot_catchup_entries: u64,
+    pub snapshot_catchup_bytes: u64,
     /// Appends not yet durable before the loop stops taking Readies (1..=8).
     pub wal_writes_in_flight: u64,
     /// How the WAL makes appends durable.
@@ -268,6 +271,8 @@ impl Shard {
         );
         opts.segment_bytes = p.wal_segment_bytes;
         opts.sync = p.wal_sync;
+        opts.catchup_entries = p.snapshot_catchup_entries;
+        opts.catchup_bytes = p.snapshot_catchup_bytes;
         let append_budget = opts.batch_bytes_max().saturating_sub(APPEND_SLACK_BYTES);
         let wal = Wal::open(WalFs::default(), opts).await?;
         if let Some(t) = &wal.open_report().torn_tail {

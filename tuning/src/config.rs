@@ -54,6 +54,13 @@ pub const SNAPSHOT_CHUNK_FRAME_BYTES: u64 = 4 + 32 + (1 << 20);
 pub const FRAME_HEADROOM_BYTES: u64 = 64 << 10;
 /// Log bytes since the last snapshot that trigger a new one.
 pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 64 << 20;
+/// Entries kept below each snapshot for followers' catch-up (etcd's
+/// `SnapshotCatchUpEntries`).
+pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5000;
+/// Upper bound for `snapshot_catchup_entries`.
+pub const SNAPSHOT_CATCHUP_ENTRIES_MAX: u64 = 10_000_000;
+/// Bound on the bytes of those entries.
+pub const SNAPSHOT_CATCHUP_BYTES_DEFAULT: u64 = 64 << 20;
 /// WAL appends in flight before the shard stops taking new batches. With O_DSYNC writes
 /// (the default `wal_sync`) four in flight let the device merge their flushes: on a
 /// 3-node cluster under redis-benchmark (-c 64) 4 gave about 43,500 writes/s against
@@ -98,6 +105,8 @@ pub const KEYS: &[&str] = &[
     "frame_bytes_max",
     "wal_segment_bytes",
     "snapshot_log_bytes",
+    "snapshot_catchup_entries",
+    "snapshot_catchup_bytes",
     "wal_writes_in_flight",
     "wal_sync",
     "max_clients",
@@ -207,6 +216,15 @@ pub struct NodeConfig {
     /// Log bytes since the last snapshot that trigger a new one. Default 64 MiB.
     #[serde(default = "default_snapshot_log_bytes")]
     pub snapshot_log_bytes: u64,
+    /// Entries kept in the log below each snapshot, so that a follower a little behind
+    /// (restarted, briefly cut off) catches up from the log rather than receiving the
+    /// whole snapshot. Default 5,000 (etcd's value); 0 releases the log up to the
+    /// snapshot.
+    #[serde(default = "default_snapshot_catchup_entries")]
+    pub snapshot_catchup_entries: u64,
+    /// Bound on the WAL bytes of those entries (large values keep fewer). Default 64 MiB.
+    #[serde(default = "default_snapshot_catchup_bytes")]
+    pub snapshot_catchup_bytes: u64,
     /// WAL appends that may be in flight (written or syncing, not yet durable) before
     /// the shard stops taking new batches. Default 4: with `wal_sync = "dsync"` that many
     /// durable writes share the device's flushes; with `"fdatasync"`, 2 already writes
@@ -273,6 +291,12 @@ fn default_wal_segment_bytes() -> u64 {
 }
 fn default_snapshot_log_bytes() -> u64 {
     SNAPSHOT_LOG_BYTES_DEFAULT
+}
+fn default_snapshot_catchup_entries() -> u64 {
+    SNAPSHOT_CATCHUP_ENTRIES_DEFAULT
+}
+fn default_snapshot_catchup_bytes() -> u64 {
+    SNAPSHOT_CATCHUP_BYTES_DEFAULT
 }
 fn default_wal_writes_in_flight() -> u64 {
     WAL_WRITES_IN_FLIGHT_DEFAULT
@@ -533,6 +557,12 @@ impl NodeConfig {
         }
         if self.snapshot_log_bytes == 0 {
             return Err(err("snapshot_log_bytes must be at least 1"));
+        }
+        if self.snapshot_catchup_entries > SNAPSHOT_CATCHUP_ENTRIES_MAX {
+            return Err(err(format!(
+                "snapshot_catchup_entries ({}) must be at most {SNAPSHOT_CATCHUP_ENTRIES_MAX}",
+                self.snapshot_catchup_entries
+            )));
         }
         if !(1..=WAL_WRITES_IN_FLIGHT_MAX).contains(&self.wal_writes_in_flight) {
             return Err(err(format!(

@@ -36,8 +36,17 @@ fn chaos_smoke_run_passes() {
     cfg.port = Arc::new(free_port);
     cfg.node_flags = TEST_FLAGS.iter().map(|s| s.to_string()).collect();
     cfg.node_flags.extend(
-        ["--request-timeout-ms", "1500", "--wal-segment-bytes", "4194304", "--snapshot-log-bytes", "8192"]
-            .map(String::from),
+        [
+            "--request-timeout-ms",
+            "1500",
+            "--wal-segment-bytes",
+            "4194304",
+            "--snapshot-log-bytes",
+            "8192",
+            "--snapshot-catchup-entries",
+            "100",
+        ]
+        .map(String::from),
     );
     let report = run(&cfg).unwrap_or_else(|e| panic!("the chaos run could not run (seed {seed}): {e}"));
     println!("{report}");

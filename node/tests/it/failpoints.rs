@@ -122,9 +122,10 @@ fn a_crash_at_each_write_path_point_loses_no_acknowledged_write() {
 
 #[test]
 fn crashes_while_saving_and_applying_snapshots_lose_nothing() {
-    // Snapshots every few KiB of log, so that they happen during the test.
+    // Snapshots every few KiB of log, so that they happen during the test, keeping
+    // few entries below them, so that a follower cut off falls behind them.
     let mut flags = FLAGS.to_vec();
-    flags.extend(["--snapshot-log-bytes", "8192"]);
+    flags.extend(["--snapshot-log-bytes", "8192", "--snapshot-catchup-entries", "20"]);
     let mut c = Cluster::start(3, &flags);
     let mut acked = BTreeMap::new();
     // A node saving its own snapshot.

@@ -115,7 +115,7 @@ fn restarting_every_node_keeps_all_data() {
 #[test]
 fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     // Snapshots every 16 KiB of log: a few hundred writes compact the log many times.
-    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384"]);
+    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384", "--snapshot-catchup-entries", "0"]);
     let leader = c.leader(ELECTION);
     let lagging = if leader == 3 { 2 } else { 3 };
     // Stopped right after founding, a node may exit before its founding entry (index 1)
@@ -148,6 +148,66 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot, not by replaying the log");
     assert_eq!(c.client(lagging).cmd(&["GET", "k399"]), bulk(&value));
+}
+
+#[test]
+fn a_follower_a_little_behind_catches_up_from_the_log_kept_below_the_snapshot() {
+    // Snapshots every 16 KiB of log (about 60 writes), keeping 100 entries below each.
+    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384", "--snapshot-catchup-entries", "100"]);
+    let leader = c.leader(ELECTION);
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let value = "x".repeat(200);
+    let mut cl = c.client(leader);
+    for i in 0..150 {
+        assert_eq!(write_until_ok(&mut cl, &["SET", &format!("k{i}"), &value], ELECTION), ok());
+    }
+    let shard = |c: &Cluster, id| c.status(id)["shards"][0].clone();
+    // Status reports are refreshed every 250 ms: one taken after that holds every write.
+    std::thread::sleep(Duration::from_millis(300));
+    let written = shard(&c, leader)["commit"].as_u64().unwrap();
+    let deadline = Instant::now() + ELECTION;
+    let stopped_at = loop {
+        let persisted = shard(&c, lagging)["persisted"].as_u64().unwrap();
+        if persisted >= written {
+            break persisted;
+        }
+        assert!(Instant::now() < deadline, "node {lagging} has the log before it stops");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(c.stop(lagging, Duration::from_secs(10)));
+    // A few writes at a time (the status is refreshed every 250 ms) until the leader
+    // has taken a snapshot beyond the stopped node's log: the 100 entries kept below it
+    // still reach back to that log.
+    let deadline = Instant::now() + 4 * ELECTION;
+    let mut i = 150;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let s = shard(&c, leader);
+        let (snap, first) = (s["last_snapshot_index"].as_u64().unwrap(), s["first_index"].as_u64().unwrap());
+        if snap > stopped_at {
+            assert!(first > 1, "the leader released the log below its tail: {s}");
+            assert!(first <= stopped_at + 1, "the kept log reaches back to the stopped node's: {s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader took a snapshot after {stopped_at}: {s}");
+        for _ in 0..5 {
+            assert_eq!(write_until_ok(&mut cl, &["SET", &format!("k{i}"), &value], ELECTION), ok());
+            i += 1;
+        }
+    }
+    c.restart(lagging);
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let s = &c.status(lagging)["shards"][0];
+        if s["kv_keys"].as_u64() == Some(i) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower caught up: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
+    assert!(!log.contains("installed the leader's snapshot"), "caught up from the log, without a snapshot");
+    assert_eq!(c.client(lagging).cmd(&["GET", &format!("k{}", i - 1)]), bulk(&value));
 }
 
 #[test]
