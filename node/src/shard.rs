@@ -261,6 +261,7 @@ impl Shard {
         published: Arc<metrics::Published>,
         ops: OpsReceiver,
     ) -> Result<Rc<Shard>, ShardError> {
+        let started = Instant::now();
         let wal_dir = p.dir.join("wal");
         let snapdir = SnapshotDir::new(p.dir.join("snapshots"));
         std::fs::create_dir_all(snapdir.path())
@@ -279,6 +280,7 @@ impl Shard {
             warn!("shard {}: dropped a torn write at the tail of the WAL ({t:?}); it was never acknowledged", p.shard);
         }
         let storage = wal.storage();
+        let wal_opened = started.elapsed();
         let meta = storage.snapshot_meta();
         let mut kv = Kv::new();
         if meta.index > 0 {
@@ -318,6 +320,19 @@ impl Shard {
             }
             _ => RawNode::new(&cfg, storage.clone())?,
         };
+        if !empty {
+            info!(
+                "shard {}: recovered in {} ms (WAL {} ms): snapshot at index {} ({} keys), log {}..={}, commit {}",
+                p.shard,
+                started.elapsed().as_millis(),
+                wal_opened.as_millis(),
+                meta.index,
+                kv.len(),
+                storage.first_index(),
+                storage.last_index(),
+                storage.hard_state().commit
+            );
+        }
         let peers: Vec<(NodeId, SocketAddr)> = p.members.iter().copied().filter(|(id, _)| *id != p.node_id).collect();
         let mut tc = TransportConfig::new(p.cluster_id, p.node_id, p.shard, peers);
         tc.frame_body_bytes_max = p.frame_bytes_max;
