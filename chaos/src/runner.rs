@@ -2,6 +2,7 @@
 //! faults, heal, read everything back through every node, then judge: is the history
 //! linearizable, is every acknowledged write there, do the replicas agree.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -477,6 +478,12 @@ struct Run<'a> {
     monitor: Arc<Monitor>,
     faults: Vec<FaultRecord>,
     problems: Vec<String>,
+    /// Nodes started with `--join` on a wiped directory and not yet seen with a durable
+    /// Raft state: one that crashes before its first write has nothing on disk, and an
+    /// operator starts it with `--join` again (a plain start of an empty directory is
+    /// refused, rightly). `--join` is ignored on a directory that has state, so keeping
+    /// it until the state is seen is harmless.
+    joining: BTreeSet<u64>,
 }
 
 impl Run<'_> {
@@ -564,6 +571,10 @@ impl Run<'_> {
 
     fn start_as(&mut self, id: u64, how: Start, after: &str) -> Result<bool, ChaosError> {
         let node = self.cluster.node(id).clone();
+        if how == Start::Join {
+            self.joining.insert(id);
+        }
+        let how = if how == Start::Restart && self.joining.contains(&id) { Start::Join } else { how };
         self.cluster.start(id, how).map_err(|e| ChaosError::Spawn(self.cfg.skiff_bin.clone(), e))?;
         let deadline = Instant::now() + LISTEN_WAIT;
         loop {
@@ -647,7 +658,19 @@ impl Run<'_> {
     }
 
     /// Injects one fault and heals it.
+    /// Forgets joining nodes that now hold a durable Raft state (see `joining`).
+    fn note_joined(&mut self) {
+        for id in self.joining.clone() {
+            if self.cluster.running(id)
+                && self.shard_status(id).and_then(|s| s["persisted"].as_u64()).is_some_and(|p| p > 0)
+            {
+                self.joining.remove(&id);
+            }
+        }
+    }
+
     fn inject(&mut self, kind: FaultKind, mut rng: Rng) -> Result<FaultRecord, ChaosError> {
+        self.note_joined();
         let at = self.t0.elapsed();
         let hold = Duration::from_millis(rng.range(self.cfg.hold_ms.0, self.cfg.hold_ms.1));
         let record = |detail: String, took_effect: bool| FaultRecord { at, kind, detail, took_effect };
@@ -1255,7 +1278,15 @@ fn run_in(cfg: &Config, t0: Instant, dir: &Path) -> Result<RunReport, ChaosError
         cluster.start(id, Start::Bootstrap).map_err(|e| ChaosError::Spawn(cfg.skiff_bin.clone(), e))?;
     }
     let monitor = Monitor::new(clients.clone());
-    let mut run = Run { cfg, t0, cluster, monitor: monitor.clone(), faults: Vec::new(), problems: Vec::new() };
+    let mut run = Run {
+        cfg,
+        t0,
+        cluster,
+        monitor: monitor.clone(),
+        faults: Vec::new(),
+        problems: Vec::new(),
+        joining: BTreeSet::new(),
+    };
     run.say(&format!("seed {}: {} nodes in {}", cfg.seed, cfg.nodes, dir.display()));
     for id in run.cluster.ids() {
         let deadline = Instant::now() + LISTEN_WAIT;
@@ -1526,6 +1557,7 @@ mod tests {
             monitor: Monitor::new(Vec::new()),
             faults: Vec::new(),
             problems: Vec::new(),
+            joining: BTreeSet::new(),
         };
         let got = run.arm_and_wait_exit(
             1,
@@ -1554,6 +1586,42 @@ mod tests {
         let (got, running) = arm_unanswered(&dir, "exec sleep 60");
         assert_eq!(got, Err("node 1: could not arm".to_string()));
         assert!(running);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Regression (soak seed 20261208, 15 min): a node wiped and started with `--join`
+    /// crashed at its first WAL write, before it held any Raft state; the runner
+    /// restarted it without `--join`, the node rightly refused an empty directory, and
+    /// the cluster later lost its quorum. A joining node is restarted with `--join`
+    /// until it has been seen with a durable state.
+    #[test]
+    fn a_joining_node_is_restarted_with_join_until_it_holds_state() {
+        let dir = std::env::temp_dir().join(format!("skiff-chaos-joining-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = dir.join("args");
+        let (cfg, mut cluster) =
+            fake_node_run(&dir, &format!("echo \"$@\" >> {}; exit 3", args.display()), "127.0.0.1:1");
+        while cluster.exit_status(1).is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut run = Run {
+            cfg: &cfg,
+            t0: Instant::now(),
+            cluster,
+            monitor: Monitor::new(vec!["127.0.0.1:1".into()]),
+            faults: Vec::new(),
+            problems: Vec::new(),
+            joining: BTreeSet::new(),
+        };
+        let last_start = || std::fs::read_to_string(&args).unwrap().lines().last().unwrap().to_string();
+        assert!(!last_start().contains("--join"), "a plain start");
+        assert!(!run.start_as(1, Start::Join, "a wipe").unwrap());
+        assert!(last_start().contains("--join"), "the replacement joins");
+        assert!(!run.start(1, "a crash").unwrap());
+        assert!(last_start().contains("--join"), "restarted before it was seen with state: joins again");
+        run.joining.remove(&1);
+        assert!(!run.start(1, "a crash").unwrap());
+        assert!(!last_start().contains("--join"), "once it holds state, a plain restart");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
