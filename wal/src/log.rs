@@ -116,13 +116,17 @@ impl<Fl: WalFile> LogState<Fl> {
         self.locs.get(index.checked_sub(self.compacted.0 + 1)? as usize).map(|l| l.term)
     }
 
+    /// Term and encoded record size of live entry `index`, as [`compaction_point`]
+    /// reads them.
+    pub fn record_of(&self, index: Index) -> (Term, u64) {
+        let loc = self.locs[(index - self.compacted.0 - 1) as usize];
+        (loc.term, loc.len as u64)
+    }
+
     /// Where to compact this log for a snapshot at `meta.index` ([`compaction_point`]).
     #[cfg(test)]
     pub fn compaction_point(&self, meta: &SnapshotMeta, keep_entries: u64, keep_bytes: u64) -> (Index, Term) {
-        compaction_point(meta, self.compacted, keep_entries, keep_bytes, |i| {
-            let loc = self.locs[(i - self.compacted.0 - 1) as usize];
-            (loc.term, loc.len as u64)
-        })
+        compaction_point(meta, self.compacted, keep_entries, keep_bytes, |i| self.record_of(i))
     }
 
     fn cache_first(&self) -> Index {

@@ -1000,8 +1000,7 @@ impl<F: FileSystem> Wal<F> {
                     let e = &a.entries[(i - new_from) as usize];
                     (e.term, RecordRef::Entry(e).encoded_bytes() as u64)
                 } else {
-                    let loc = log.locs[(i - log.compacted.0 - 1) as usize];
-                    (loc.term, loc.len as u64)
+                    log.record_of(i)
                 }
             })
         });
