@@ -19,6 +19,7 @@
 # exit, also on Ctrl-C; the data directory (default: a new one under /var/tmp, which
 # must support O_DIRECT) is removed.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 KEYS=200000
 BEHIND=2000
@@ -41,19 +42,10 @@ done
 mkdir -p "$ROOT"
 
 PIDS=()
-stop_all() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    PIDS=()
-}
+stop_all() { stop_pids "${PIDS[@]}"; PIDS=(); }
 cleanup() { stop_all; rm -rf "$ROOT"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # field ID NAME: a number from node ID's shard status.
 field() {
     curl -s "127.0.0.1:${ADMIN[$1]}/status" |
@@ -82,14 +74,7 @@ for keep in 5000 0; do
     for i in 1 2 3; do CLIENT[$i]=$(free_port); PEER[$i]=$(free_port); ADMIN[$i]=$(free_port); done
     CLUSTER="1=127.0.0.1:${PEER[1]},2=127.0.0.1:${PEER[2]},3=127.0.0.1:${PEER[3]}"
     for i in 1 2 3; do start_node "$i" "$keep" --bootstrap; done
-    LEADER=""
-    for _ in $(seq 100); do
-        for i in 1 2 3; do
-            if redis-cli -p "${CLIENT[$i]}" info replication 2>/dev/null | grep -q '^raft_role:leader'; then LEADER=$i; fi
-        done
-        [ -n "$LEADER" ] && break
-        sleep 0.1
-    done
+    LEADER=$(find_leader "${CLIENT[1]}" "${CLIENT[2]}" "${CLIENT[3]}")
     [ -n "$LEADER" ] || { echo "no leader elected; logs in $ROOT" >&2; exit 1; }
     F=$((LEADER % 3 + 1))
     redis-benchmark -p "${CLIENT[$LEADER]}" -t set -d 100 -r "$KEYS" -n $((KEYS * 2)) -c 64 -q >/dev/null 2>&1

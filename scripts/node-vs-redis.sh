@@ -16,6 +16,7 @@
 # Every process it starts is stopped by pid on exit, also on Ctrl-C; the data
 # directory (default: a new one under /var/tmp, which must support O_DIRECT) is removed.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 N=500000
 SKIFF="$(cd "$(dirname "$0")/.." && pwd)/target/release/skiff"
@@ -38,18 +39,9 @@ done
 mkdir -p "$ROOT"
 
 PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$ROOT"
-}
+cleanup() { stop_pids "${PIDS[@]}"; rm -rf "$ROOT"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # bench PORT ARGS...: prints "rps p50_ms p99_ms" from redis-benchmark's summary.
 bench() {
@@ -75,14 +67,7 @@ for i in 1 2 3; do
         --data-dir "$ROOT/skiff-$i" --bootstrap "${EXTRA[@]}" >"$ROOT/skiff-$i.log" 2>&1 &
     PIDS+=($!); SKIFF_PIDS+=($!)
 done
-LEADER=""
-for _ in $(seq 100); do
-    for i in 1 2 3; do
-        if redis-cli -p "${CLIENT[$i]}" info replication 2>/dev/null | grep -q '^raft_role:leader'; then LEADER=$i; fi
-    done
-    [ -n "$LEADER" ] && break
-    sleep 0.1
-done
+LEADER=$(find_leader "${CLIENT[1]}" "${CLIENT[2]}" "${CLIENT[3]}")
 [ -n "$LEADER" ] || { echo "no Skiff leader elected; logs in $ROOT" >&2; tail -5 "$ROOT"/skiff-*.log >&2; exit 1; }
 LPORT=${CLIENT[$LEADER]}
 # Warm up over the whole key space, so the measured run writes into a full map.
