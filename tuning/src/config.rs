@@ -690,6 +690,7 @@ mod tests {
             ("wal_segment_bytes = 5000", "wal_segment_bytes"),
             ("wal_segment_bytes = 4294967296", "between 4194304 and 2147483648"),
             ("election_ticks = 1048577", "at most 1048576"),
+            ("snapshot_catchup_entries = 10000001", "at most 10000000"),
             ("max_clients = 0", "max_clients"),
             ("request_timeout_ms = 0", "request_timeout_ms"),
             ("bootstrap = true\njoin = true", "exclusive"),
@@ -704,7 +705,11 @@ mod tests {
     /// and including the bound.
     #[test]
     fn upper_bounds_are_inclusive() {
-        let c = with("election_ticks = 1048576\nwal_segment_bytes = 2147483648\nframe_bytes_max = 4294967295").unwrap();
+        let c = with(
+            "election_ticks = 1048576\nwal_segment_bytes = 2147483648\nframe_bytes_max = 4294967295\n\
+             snapshot_catchup_entries = 10000000",
+        )
+        .unwrap();
         assert_eq!(c.validate(&topo()), Ok(()));
     }
 
