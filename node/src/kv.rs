@@ -248,7 +248,7 @@ fn pair_hash(k: &[u8], v: &[u8]) -> (u64, u32) {
 
 /// Stored keys and values are copied out of the entry: a slice would keep the whole
 /// receive buffer it came from alive for as long as the key exists.
-fn own(b: &Bytes) -> Bytes {
+fn own(b: &[u8]) -> Bytes {
     Bytes::copy_from_slice(b)
 }
 
@@ -287,23 +287,29 @@ impl Kv {
 
     /// Inserts as restored from a snapshot.
     pub fn insert(&mut self, key: Bytes, value: Bytes) {
-        self.put(key, value);
+        self.put_with(&key, value, |_| key.clone());
     }
 
-    fn put(&mut self, key: Bytes, value: Bytes) {
-        let (h, r) = pair_hash(&key, &value);
+    /// Sets `key` to `value`, copying the key out of the entry only when it is new (an
+    /// overwrite keeps the stored key).
+    fn put(&mut self, key: &Bytes, value: Bytes) {
+        self.put_with(key, value, own);
+    }
+
+    fn put_with(&mut self, key: &[u8], value: Bytes, owned_key: impl FnOnce(&[u8]) -> Bytes) {
+        let (h, r) = pair_hash(key, &value);
         self.sum = self.sum.wrapping_add(h);
         self.xor ^= h.rotate_left(r);
-        let part = self.part_mut(&key);
-        let old = match part.get_mut(key.as_ref()) {
+        let part = self.part_mut(key);
+        let old = match part.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, value)),
             None => {
-                part.insert(key.clone(), value);
+                part.insert(owned_key(key), value);
                 None
             }
         };
         match old {
-            Some(old) => self.forget(&key, &old),
+            Some(old) => self.forget(key, &old),
             None => self.len += 1,
         }
     }
@@ -337,7 +343,7 @@ impl Kv {
                 if !allowed {
                     return Outcome::Nil;
                 }
-                self.put(own(key), own(value));
+                self.put(key, own(value));
                 Outcome::Ok
             }
             Command::Del { keys } => {
@@ -358,12 +364,12 @@ impl Kv {
                     },
                 };
                 let Some(next) = current.checked_add(*delta) else { return Outcome::Err(ERR_OVERFLOW) };
-                self.put(own(key), Bytes::from(next.to_string()));
+                self.put(key, Bytes::from(next.to_string()));
                 Outcome::Int(next)
             }
             Command::MSet { pairs } => {
                 for (k, v) in pairs {
-                    self.put(own(k), own(v));
+                    self.put(k, own(v));
                 }
                 Outcome::Ok
             }
@@ -540,5 +546,24 @@ mod tests {
         let stored = kv.get(b"k").unwrap();
         let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
         assert!(!range.contains(&(stored.as_ptr() as usize)), "the value was copied out");
+    }
+
+    #[test]
+    fn stored_keys_do_not_share_entry_buffers_on_insert_or_overwrite() {
+        let mut kv = Kv::new();
+        let mut buffers = Vec::new();
+        for v in ["v1", "v2", "v3"] {
+            let data = Command::Set { key: b("key"), value: b(v), cond: SetCond::Always }.encode(Origin::default());
+            let (_, cmd) = Command::decode(&data).unwrap();
+            kv.apply(&cmd);
+            buffers.push(data);
+        }
+        assert_eq!((kv.len(), kv.get(b"key").map(Bytes::as_ref)), (1, Some(&b"v3"[..])));
+        let (key, _) = kv.iter().next().unwrap();
+        for data in &buffers {
+            let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
+            assert!(!range.contains(&(key.as_ptr() as usize)), "the key was copied out");
+        }
+        assert_eq!(kv.digest(), kv.digest_from_scratch());
     }
 }
