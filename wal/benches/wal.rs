@@ -29,7 +29,8 @@
 //! 4096: 4096 puts the raw writes where the WAL's land relative to their size). Prints
 //! one row per case, mode and implementation, then `wal_vs_raw_ratio=X` (WAL appends/s
 //! over raw appends/s, same sync and mode) and `wal_vs_rawcopy_ratio=Y` (over
-//! `raw+copy`).
+//! `raw+copy`). `raw+copy` rows also print `copy_us`, the copy's own time per append:
+//! what the row loses beyond it is the write itself getting slower.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ struct Stats {
     lat_ns: Vec<u64>,
     /// Time inside `Wal::submit` (encoding, index update), WAL only.
     submit_ns: Vec<u64>,
+    /// Time spent copying bytes into the write buffers, `raw+copy` only.
+    copy_ns: u64,
 }
 
 impl Stats {
@@ -123,8 +126,13 @@ impl Stats {
             self.submit_ns.sort_unstable();
             format!(" submit_p50_us={:.1}", self.submit_ns[self.submit_ns.len() / 2] as f64 / 1000.0)
         };
+        let copy = if self.copy_ns == 0 {
+            String::new()
+        } else {
+            format!(" copy_us={:.1}", self.copy_ns as f64 / self.appends.max(1) as f64 / 1000.0)
+        };
         println!(
-            "{:<10} {:<20} {:<8} appends/s={:>9.0} MB/s={:>8.1} entries/s={:>10.0} p50_us={:>7.1} p99_us={:>7.1} p99.9_us={:>7.1}{submit}",
+            "{:<10} {:<20} {:<8} appends/s={:>9.0} MB/s={:>8.1} entries/s={:>10.0} p50_us={:>7.1} p99_us={:>7.1} p99.9_us={:>7.1}{submit}{copy}",
             case.name,
             label,
             what,
@@ -148,6 +156,8 @@ struct Raw {
     dsync: Rc<DmaFile>,
     /// One buffer per write that can be in flight, plus one being filled.
     bufs: Vec<Rc<DmaBuffer>>,
+    /// Nanoseconds spent copying in this round (`raw+copy`).
+    copy_ns: u64,
     /// What `raw+copy` copies into a buffer before each write.
     source: Vec<u8>,
     slots: u64,
@@ -192,7 +202,18 @@ impl Raw {
             setting("SKIFF_WAL_BENCH_RAW_OFFSET").map_or(0, |s| s.parse().expect("SKIFF_WAL_BENCH_RAW_OFFSET"));
         assert!(shift_bytes.is_multiple_of(BLOCK_BYTES as u64) && shift_bytes < len as u64);
         let source = (0..len).map(|i| (i * 31) as u8).collect();
-        Raw { path, file, dsync, bufs, source, slots: RAW_FILE_BYTES / len as u64 - 1, next: 0, case, shift_bytes }
+        Raw {
+            path,
+            file,
+            dsync,
+            bufs,
+            copy_ns: 0,
+            source,
+            slots: RAW_FILE_BYTES / len as u64 - 1,
+            next: 0,
+            case,
+            shift_bytes,
+        }
     }
 
     /// The next write's buffer and offset; with `copy`, the batch's bytes are copied in
@@ -205,8 +226,10 @@ impl Raw {
         if copy {
             let stamp = self.next as u8;
             let buf = Rc::get_mut(&mut self.bufs[i]).expect("buffer reused only after its write");
+            let t = Instant::now();
             buf.as_bytes_mut().copy_from_slice(&self.source);
             buf.as_bytes_mut()[0] = stamp;
+            self.copy_ns += t.elapsed().as_nanos() as u64;
         }
         (self.bufs[i].clone(), off)
     }
@@ -214,6 +237,7 @@ impl Raw {
     async fn round(&mut self, sync: SyncMode, mode: Mode, copy: bool, secs: f64) -> Stats {
         let len = self.case.write_bytes() as u64;
         let mut lat = Vec::new();
+        self.copy_ns = 0;
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(secs);
         let mut n = 0u64;
@@ -277,6 +301,7 @@ impl Raw {
             elapsed: start.elapsed(),
             lat_ns: lat,
             submit_ns: Vec::new(),
+            copy_ns: self.copy_ns,
         }
     }
 
@@ -380,6 +405,7 @@ impl WalBench {
             elapsed: start.elapsed(),
             lat_ns: lat,
             submit_ns,
+            copy_ns: 0,
         }
     }
 
