@@ -165,10 +165,12 @@ impl<Fl: WalFile> LogState<Fl> {
         self.evict();
     }
 
-    /// Replaces the whole log with a snapshot received from the leader.
-    pub fn install(&mut self, meta: &SnapshotMeta) {
+    /// Replaces the whole log with a snapshot received from the leader. Returns the
+    /// cached entries it removed, for the caller to drop ([`LogState::compact`]).
+    #[must_use = "the removed entries are the caller's to drop"]
+    pub fn install(&mut self, meta: &SnapshotMeta) -> VecDeque<Entry> {
         self.locs.clear();
-        self.cache.clear();
+        let removed = std::mem::take(&mut self.cache);
         self.cache_bytes = 0;
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         if self.snapshot.index != meta.index {
@@ -176,16 +178,23 @@ impl<Fl: WalFile> LogState<Fl> {
         }
         self.snapshot = meta.clone();
         self.compacted = (meta.index, meta.term);
+        removed
     }
 
     /// Records a local snapshot at `meta.index` and discards entries up to `point`
-    /// (at or below it, from [`LogState::compaction_point`]).
+    /// (at or below it, from [`LogState::compaction_point`]). Returns the cached
+    /// entries it removed: with the default snapshot interval and tail cache they can
+    /// be hundreds of thousands, each a reference count to drop and often a block to
+    /// free (milliseconds of work), so the caller may drop them off the shard's thread.
+    /// Only the kept part of the cache is walked here.
     ///
     /// # Panics
     /// If `meta.index` is beyond the last index or `point` beyond `meta.index`.
-    pub fn compact(&mut self, meta: &SnapshotMeta, point: (Index, Term)) {
+    #[must_use = "the removed entries are the caller's to drop"]
+    pub fn compact(&mut self, meta: &SnapshotMeta, point: (Index, Term)) -> VecDeque<Entry> {
+        let mut removed = VecDeque::new();
         if meta.index <= self.snapshot.index {
-            return;
+            return removed;
         }
         assert!(
             meta.index <= self.last_index() && point.0 <= meta.index,
@@ -197,14 +206,16 @@ impl<Fl: WalFile> LogState<Fl> {
         if point.0 > self.compacted.0 {
             let drop = (point.0 - self.compacted.0) as usize;
             self.locs.drain(..drop);
-            while self.cache.len() > self.locs.len() {
-                let e = self.cache.pop_front().expect("non-empty");
-                self.cache_bytes -= e.size_bytes();
+            if self.cache.len() > self.locs.len() {
+                let kept = self.cache.split_off(self.cache.len() - self.locs.len());
+                removed = std::mem::replace(&mut self.cache, kept);
+                self.cache_bytes = self.cache.iter().map(Entry::size_bytes).sum();
             }
             self.compacted = point;
         }
         self.snapshot = meta.clone();
         self.snapshot_data = None;
+        removed
     }
 
     /// Drops cached entries over the budget, oldest first, once they are on disk.
@@ -454,7 +465,9 @@ mod tests {
         assert_eq!(log.compaction_point(&meta, 5, u64::MAX), (3, 1));
         assert_eq!(log.compaction_point(&meta, 5, 120), (6, 2), "two records of 50 bytes fit in 120");
         assert_eq!(log.compaction_point(&meta, 100, u64::MAX), (0, 0), "never below the log");
-        log.compact(&meta, (3, 1));
+        let removed = log.compact(&meta, (3, 1));
+        assert_eq!(removed.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(log.cache_bytes, log.cache.iter().map(Entry::size_bytes).sum::<u64>());
         assert_eq!((log.snapshot.index, log.first_index(), log.last_index()), (8, 4, 10));
         let s = WalStorage { log: Rc::new(RefCell::new(log)) };
         assert_eq!((s.term(3), s.term(4), s.term(8)), (Ok(1), Ok(1), Ok(2)));
@@ -467,14 +480,14 @@ mod tests {
         let meta = SnapshotMeta { index: 9, term: 2, ..Default::default() };
         assert_eq!(log.compaction_point(&meta, 100, u64::MAX), (3, 1));
         let point = log.compaction_point(&meta, 2, u64::MAX);
-        log.compact(&meta, point);
+        let _ = log.compact(&meta, point);
         assert_eq!((log.compacted, log.first_index()), ((7, 2), 8));
     }
 
     #[test]
     fn compact_keeps_term_of_compaction_point_and_entries_limits_bytes() {
         let mut log = log_with(&[(1, 1), (2, 2), (3, 3)], u64::MAX);
-        log.compact(&SnapshotMeta { index: 2, term: 2, ..Default::default() }, (2, 2));
+        let _ = log.compact(&SnapshotMeta { index: 2, term: 2, ..Default::default() }, (2, 2));
         let s = WalStorage { log: Rc::new(RefCell::new(log)) };
         assert_eq!(s.first_index(), 3);
         assert_eq!(s.term(2), Ok(2));

@@ -264,6 +264,80 @@ fn compaction_keeps_a_catch_up_tail_across_recovery() {
     });
 }
 
+/// Counts its drops, and those made on the thread that created it: the payload of an
+/// entry whose release the test watches.
+struct Tracked(Vec<u8>, std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>, std::thread::ThreadId);
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.1[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if std::thread::current().id() == self.2 {
+            self.1[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A compaction releases exactly the cached entries at or below its compaction point,
+/// whether they are few (dropped at once) or many (dropped on glommio's blocking thread,
+/// so that the shard's thread does not stall), and keeps the rest readable.
+#[test]
+fn compaction_releases_the_cached_entries_it_drops_and_only_those() {
+    // (entries, kept, whether the released ones are dropped on another thread)
+    for (total, keep, elsewhere) in [(300u64, 20u64, false), (9_000, 1_000, true)] {
+        run(async move {
+            let fs = SimFs::new();
+            let mut opts = small_opts(&sim_dir());
+            opts.segment_bytes = 4 << 20;
+            opts.tail_cache_bytes = u64::MAX;
+            opts.catchup_entries = keep;
+            let wal = Wal::open(fs, opts).await.unwrap();
+            let counts = std::sync::Arc::new([(); 2].map(|_| std::sync::atomic::AtomicUsize::new(0)));
+            let dropped = |i: usize| counts[i].load(std::sync::atomic::Ordering::SeqCst);
+            let me = std::thread::current().id();
+            for first in (1..=total).step_by(100) {
+                let es: Vec<_> = (first..first + 100)
+                    .map(|i| skiff_engine::Entry {
+                        term: 1,
+                        index: i,
+                        kind: skiff_engine::EntryKind::Normal,
+                        data: Bytes::from_owner(Tracked(i.to_le_bytes().to_vec(), counts.clone(), me)),
+                    })
+                    .collect();
+                wal.submit(&Append { entries: &es, must_sync: true, ..Default::default() }).await.unwrap();
+                wal.next_completion().await.unwrap();
+            }
+            assert_eq!(dropped(0), 0, "all cached, none released");
+            let m = meta(total, 1);
+            wal.submit(&Append { compact: Some(&m), must_sync: true, ..Default::default() }).await.unwrap();
+            wal.next_completion().await.unwrap();
+            let released = (total - keep) as usize;
+            for _ in 0..500 {
+                if dropped(0) >= released {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(dropped(0), released, "{total} entries, {keep} kept");
+            assert_eq!(dropped(1), if elsewhere { 0 } else { released }, "dropped on the shard's thread");
+            let s = wal.storage();
+            assert_eq!((s.first_index(), s.last_index()), (total - keep + 1, total));
+            let mut out = Vec::new();
+            s.entries(total - keep + 1, total + 1, u64::MAX, &mut out).unwrap();
+            assert_eq!(out.len() as u64, keep);
+            assert!(out.iter().all(|e| e.data.as_ref() == e.index.to_le_bytes()), "the kept tail reads back");
+            drop(out);
+            wal.close().await.unwrap();
+        });
+    }
+}
+
 #[test]
 fn snapshot_install_replaces_the_whole_log() {
     run(async {
