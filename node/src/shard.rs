@@ -1158,7 +1158,10 @@ impl Shard {
             };
             info!("shard {}: installed the leader's snapshot at index {}", self.p.shard, r.index);
             failpoints::crash_point(CrashPoint::SnapshotBeforeApply);
-            st.kv = r.kv;
+            // The replaced state can be millions of pairs: freeing them here would hold
+            // the Ready loop, so the blocking thread does it.
+            let old = std::mem::replace(&mut st.kv, r.kv);
+            glommio::spawn_local(glommio::executor().spawn_blocking(move || drop(old))).detach();
             st.applied = r.index;
             st.last_snapshot = r.index;
             st.bytes_since_snapshot = 0;
