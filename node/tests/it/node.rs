@@ -148,6 +148,22 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot, not by replaying the log");
     assert_eq!(c.client(lagging).cmd(&["GET", "k399"]), bulk(&value));
+    // Of the many snapshots taken, older files are removed (off the Ready loop's thread)
+    // once a newer one is recorded in the WAL: the leader ends up with one.
+    let snapshots = c.node(leader).dir.join("shard-0/snapshots");
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let files: Vec<String> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".skiffsnap"))
+            .collect();
+        if files.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old snapshot files were removed: {files:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
