@@ -39,7 +39,7 @@ use crate::admin::{Op, OpReply, OpRequest, OpsReceiver};
 use crate::commands::{self, Action, Read, Reply};
 use crate::kv::{Command, Kv, Origin};
 use crate::metrics::{self, MetricsConfig, RejectReason, ShardMetrics, ShardStatus};
-use crate::snapshot::{self, Descriptor, Receiver, SnapshotDir, SnapshotError};
+use crate::snapshot::{self, Descriptor, Receiver, SnapshotDir, SnapshotError, SnapshotHeader};
 use crate::sync::{Notify, Slot};
 use crate::trace::TraceEvent;
 
@@ -213,6 +213,12 @@ struct State {
     /// Older snapshot files to remove once the WAL append with this seq is durable.
     remove_snapshots_after: Option<(u64, Index)>,
     receiving: Option<Receiver>,
+    /// The snapshot whose received file is being made durable, verified and decoded on
+    /// the blocking thread (a large state takes seconds: not on the Ready loop's).
+    finishing: Option<Index>,
+    /// The leader's Snapshot message for `finishing`, which arrives right behind the
+    /// last chunk: stepped once the file is ready instead of being refused.
+    held_snapshot: Option<Message>,
     received: Option<Received>,
     /// Peers a snapshot is being streamed to.
     sending: HashSet<NodeId>,
@@ -358,6 +364,8 @@ impl Shard {
             pending_compaction: None,
             remove_snapshots_after: None,
             receiving: None,
+            finishing: None,
+            held_snapshot: None,
             received: None,
             sending: HashSet::new(),
             snapshot_reports: Vec::new(),
@@ -774,7 +782,7 @@ impl Shard {
         }
     }
 
-    fn inbound(&self, st: &mut State, m: Inbound) -> Result<(), ShardError> {
+    fn inbound(self: &Rc<Self>, st: &mut State, m: Inbound) -> Result<(), ShardError> {
         let from = match &m {
             Inbound::Raft(msg) => msg.from,
             Inbound::App { from, .. } => *from,
@@ -790,6 +798,10 @@ impl Shard {
                     let ok = st.received.as_ref().is_some_and(|r| {
                         r.index == snapshot.meta.index && Descriptor::decode(&snapshot.data) == Some(r.desc)
                     });
+                    if !ok && st.finishing == Some(snapshot.meta.index) {
+                        st.held_snapshot = Some(msg);
+                        return Ok(());
+                    }
                     if !ok {
                         warn!(
                             "shard {}: snapshot message for index {} without its data; waiting for the leader to resend",
@@ -810,9 +822,14 @@ impl Shard {
         Ok(())
     }
 
-    fn snapshot_chunk(&self, st: &mut State, from: NodeId, mut body: Bytes) -> Result<(), ShardError> {
+    fn snapshot_chunk(self: &Rc<Self>, st: &mut State, from: NodeId, mut body: Bytes) -> Result<(), ShardError> {
         if body.len() < SNAPSHOT_CHUNK_HEADER_BYTES {
             warn!("shard {}: short snapshot chunk from {from}", self.p.shard);
+            return Ok(());
+        }
+        if st.finishing.is_some() {
+            // The blocking thread owns the partial file until it is finished; a
+            // transfer started meanwhile is dropped and the leader retries.
             return Ok(());
         }
         let (index, _term, offset, total) =
@@ -827,18 +844,44 @@ impl Shard {
         }
         if rx.received() >= total {
             let rx = st.receiving.take().expect("checked");
-            failpoints::crash_point(CrashPoint::SnapshotBeforeSave);
-            let finished = rx.finish(&self.snapdir);
-            failpoints::crash_point(CrashPoint::SnapshotAfterSave);
-            match finished {
-                Ok((_, kv, desc)) => {
-                    st.metrics.record_snapshot_received();
-                    st.received = Some(Received { index, kv, desc });
-                }
-                Err(e) => warn!("shard {}: snapshot from {from} refused: {e}", self.p.shard),
-            }
+            st.finishing = Some(index);
+            let (shard, dir) = (self.clone(), self.snapdir.clone());
+            let finished = glommio::executor().spawn_blocking(move || {
+                failpoints::crash_point(CrashPoint::SnapshotBeforeSave);
+                let finished = rx.finish(&dir);
+                failpoints::crash_point(CrashPoint::SnapshotAfterSave);
+                finished
+            });
+            glommio::spawn_local(async move { shard.snapshot_finished(index, from, finished.await) }).detach();
         }
         Ok(())
+    }
+
+    /// A received snapshot file is durable and decoded (or refused): it can be
+    /// installed, and the leader's Snapshot message if it already came is stepped now.
+    fn snapshot_finished(
+        self: &Rc<Self>,
+        index: Index,
+        from: NodeId,
+        finished: Result<(SnapshotHeader, Kv, Descriptor), SnapshotError>,
+    ) {
+        let mut st = self.st.borrow_mut();
+        st.finishing = None;
+        let held = st.held_snapshot.take();
+        match finished {
+            Ok((_, kv, desc)) => {
+                st.metrics.record_snapshot_received();
+                st.received = Some(Received { index, kv, desc });
+                if let Some(msg) = held
+                    && let Err(e) = self.inbound(&mut st, Inbound::Raft(msg))
+                {
+                    warn!("shard {}: the snapshot message from {from}: {e}", self.p.shard);
+                }
+            }
+            Err(e) => warn!("shard {}: snapshot from {from} refused: {e}", self.p.shard),
+        }
+        drop(st);
+        self.wake();
     }
 
     /// Proposes every queued write, in batches of at most `max_size_per_msg` bytes (a

@@ -147,6 +147,10 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     }
     let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot, not by replaying the log");
+    // The leader's Snapshot message comes right behind the last chunk, while the file
+    // is still being finished off the Ready loop: it waits for it rather than being
+    // refused (which would make the leader send the whole snapshot again).
+    assert!(!log.contains("without its data"), "the snapshot message was held, not refused");
     assert_eq!(c.client(lagging).cmd(&["GET", "k399"]), bulk(&value));
     // Of the many snapshots taken, older files are removed (off the Ready loop's thread)
     // once a newer one is recorded in the WAL: the leader ends up with one.
