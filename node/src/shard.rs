@@ -54,6 +54,9 @@ pub const INBOUND_BATCH_MAX: usize = 4096;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Application frame tag of a snapshot chunk.
 pub const APP_SNAPSHOT_CHUNK: u32 = 1;
+/// Raft messages held while a received snapshot is being finished (heartbeats and the
+/// odd append during a few seconds at most; more are dropped and retransmitted).
+const HELD_MESSAGES_MAX: usize = 4096;
 /// Header of a snapshot chunk frame: index, term, offset, total bytes (u64 LE each).
 pub const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 32;
 /// How long a stopping shard lets in-flight writes finish before failing them.
@@ -216,9 +219,11 @@ struct State {
     /// The snapshot whose received file is being made durable, verified and decoded on
     /// the blocking thread (a large state takes seconds: not on the Ready loop's).
     finishing: Option<Index>,
-    /// The leader's Snapshot message for `finishing`, which arrives right behind the
-    /// last chunk: stepped once the file is ready instead of being refused.
-    held_snapshot: Option<Message>,
+    /// Raft messages that arrived while `finishing`, stepped in order once the file is
+    /// ready: the leader's Snapshot message comes right behind the last chunk, and an
+    /// append stepped before the snapshot is installed would be rejected and make the
+    /// leader send the whole snapshot again. At most [`HELD_MESSAGES_MAX`].
+    held: Vec<Message>,
     received: Option<Received>,
     /// Peers a snapshot is being streamed to.
     sending: HashSet<NodeId>,
@@ -365,7 +370,7 @@ impl Shard {
             remove_snapshots_after: None,
             receiving: None,
             finishing: None,
-            held_snapshot: None,
+            held: Vec::new(),
             received: None,
             sending: HashSet::new(),
             snapshot_reports: Vec::new(),
@@ -791,6 +796,12 @@ impl Shard {
             return Ok(());
         }
         match m {
+            Inbound::Raft(msg) if st.finishing.is_some() => {
+                // Dropped past the bound: Raft retransmits.
+                if st.held.len() < HELD_MESSAGES_MAX {
+                    st.held.push(msg);
+                }
+            }
             Inbound::Raft(msg) => {
                 if let MessageBody::Snapshot { snapshot } = &msg.body {
                     // Install only a snapshot whose file arrived whole and matches the
@@ -798,10 +809,6 @@ impl Shard {
                     let ok = st.received.as_ref().is_some_and(|r| {
                         r.index == snapshot.meta.index && Descriptor::decode(&snapshot.data) == Some(r.desc)
                     });
-                    if !ok && st.finishing == Some(snapshot.meta.index) {
-                        st.held_snapshot = Some(msg);
-                        return Ok(());
-                    }
                     if !ok {
                         warn!(
                             "shard {}: snapshot message for index {} without its data; waiting for the leader to resend",
@@ -858,7 +865,7 @@ impl Shard {
     }
 
     /// A received snapshot file is durable and decoded (or refused): it can be
-    /// installed, and the leader's Snapshot message if it already came is stepped now.
+    /// installed, and the Raft messages held meanwhile are stepped now.
     fn snapshot_finished(
         self: &Rc<Self>,
         index: Index,
@@ -867,18 +874,17 @@ impl Shard {
     ) {
         let mut st = self.st.borrow_mut();
         st.finishing = None;
-        let held = st.held_snapshot.take();
         match finished {
             Ok((_, kv, desc)) => {
                 st.metrics.record_snapshot_received();
                 st.received = Some(Received { index, kv, desc });
-                if let Some(msg) = held
-                    && let Err(e) = self.inbound(&mut st, Inbound::Raft(msg))
-                {
-                    warn!("shard {}: the snapshot message from {from}: {e}", self.p.shard);
-                }
             }
             Err(e) => warn!("shard {}: snapshot from {from} refused: {e}", self.p.shard),
+        }
+        for msg in std::mem::take(&mut st.held) {
+            if let Err(e) = self.inbound(&mut st, Inbound::Raft(msg)) {
+                warn!("shard {}: a message held during the snapshot: {e}", self.p.shard);
+            }
         }
         drop(st);
         self.wake();

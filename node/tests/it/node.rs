@@ -170,6 +170,57 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     }
 }
 
+/// The leader's `skiff_snapshots_sent_total` (snapshots streamed whole to a follower).
+fn snapshots_sent(c: &Cluster, id: u64) -> u64 {
+    let metrics = crate::cluster::http_get(&c.node(id).admin, "/metrics");
+    let line = metrics.lines().find(|l| l.starts_with("skiff_snapshots_sent_total")).expect("the counter is exported");
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a count: {line}"))
+}
+
+#[test]
+fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
+    // 100,000 keys: the follower syncs and decodes the received file off its
+    // Raft loop for a while, and the leader's messages that arrive meanwhile (its
+    // Snapshot message, then appends from the snapshot's index on) must wait for it;
+    // stepped earlier, the appends are rejected and the leader sends it all again.
+    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "2097152", "--snapshot-catchup-entries", "0"]);
+    let leader = c.leader(ELECTION);
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let deadline = Instant::now() + ELECTION;
+    while c.status(lagging)["shards"][0]["persisted"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "node {lagging} persisted its founding entry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.stop(lagging, Duration::from_secs(10)));
+    let value = "v".repeat(40);
+    let mut cl = c.client(leader);
+    for batch in 0..100 {
+        let mut args = vec!["MSET".to_string()];
+        for i in 0..1000 {
+            args.extend([format!("k{batch}-{i}"), value.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(write_until_ok(&mut cl, &args, ELECTION), ok());
+    }
+    let deadline = Instant::now() + ELECTION;
+    while c.status(leader)["shards"][0]["first_index"].as_u64().unwrap_or(0) <= 2 {
+        assert!(Instant::now() < deadline, "the leader compacted its log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(snapshots_sent(&c, leader), 0);
+    c.restart(lagging);
+    let deadline = Instant::now() + ELECTION;
+    while c.status(lagging)["shards"][0]["kv_keys"].as_u64() != Some(100_000) {
+        assert!(Instant::now() < deadline, "the follower caught up: {}", c.status(lagging)["shards"][0]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
+    assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot");
+    assert!(!log.contains("without its data"), "no snapshot message was refused");
+    assert_eq!(snapshots_sent(&c, leader), 1, "the snapshot was sent once");
+    assert_eq!(c.client(lagging).cmd(&["GET", "k99-999"]), bulk(&value));
+}
+
 #[test]
 fn a_follower_a_little_behind_catches_up_from_the_log_kept_below_the_snapshot() {
     // Snapshots every 16 KiB of log (about 60 writes), keeping 100 entries below each.
