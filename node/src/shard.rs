@@ -54,6 +54,12 @@ pub const INBOUND_BATCH_MAX: usize = 4096;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Application frame tag of a snapshot chunk.
 pub const APP_SNAPSHOT_CHUNK: u32 = 1;
+/// Whether ticks wait: a follower finishing a received snapshot holds the leader's
+/// messages, heartbeats included (a leader keeps ticking, so keeps heartbeating).
+fn ticks_wait(st: &State) -> bool {
+    st.finishing.is_some() && st.node.role() != Role::Leader
+}
+
 /// Raft messages held while a received snapshot is being finished (heartbeats and the
 /// odd append during a few seconds at most; more are dropped and retransmitted).
 const HELD_MESSAGES_MAX: usize = 4096;
@@ -611,7 +617,12 @@ impl Shard {
     async fn wait_for_work(&self) -> Woken {
         let until_tick = {
             let st = self.st.borrow();
-            (st.last_tick + self.p.tick).saturating_duration_since(Instant::now())
+            if ticks_wait(&st) {
+                // Ticks resume when the snapshot is finished, which rings the doorbell.
+                self.p.tick
+            } else {
+                (st.last_tick + self.p.tick).saturating_duration_since(Instant::now())
+            }
         };
         if until_tick.is_zero() {
             return Woken::Other;
@@ -663,8 +674,11 @@ impl Shard {
                 self.inbound(st, m)?;
             }
             // Ticks: one per elapsed interval, also after a stall, so that elections
-            // and leases measure real time (the engine's lease needs it).
-            let elapsed = now.saturating_duration_since(st.last_tick);
+            // and leases measure real time (the engine's lease needs it). While a
+            // received snapshot is finished they wait with the held messages, and are
+            // all counted after them, as they were when that work blocked the loop: a
+            // follower does not campaign for want of the heartbeats it holds.
+            let elapsed = if ticks_wait(st) { Duration::ZERO } else { now.saturating_duration_since(st.last_tick) };
             let ticks = (elapsed.as_nanos() / self.p.tick.as_nanos().max(1)) as u32;
             let held = failpoints::hold_election_timer() && st.node.role() != Role::Leader;
             for _ in 0..ticks {

@@ -170,11 +170,17 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     }
 }
 
-/// The leader's `skiff_snapshots_sent_total` (snapshots streamed whole to a follower).
-fn snapshots_sent(c: &Cluster, id: u64) -> u64 {
-    let metrics = crate::cluster::http_get(&c.node(id).admin, "/metrics");
-    let line = metrics.lines().find(|l| l.starts_with("skiff_snapshots_sent_total")).expect("the counter is exported");
-    line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a count: {line}"))
+/// A counter of node `id`'s shard 0 from `/metrics`, once the shard publishes it.
+fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let metrics = crate::cluster::http_get(&c.node(id).admin, "/metrics");
+        if let Some(line) = metrics.lines().find(|l| l.starts_with(&format!("{name}{{"))) {
+            return line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a count: {line}"));
+        }
+        assert!(Instant::now() < deadline, "node {id} exports {name}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -207,7 +213,7 @@ fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
         assert!(Instant::now() < deadline, "the leader compacted its log");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(snapshots_sent(&c, leader), 0);
+    assert_eq!(counter(&c, leader, "skiff_snapshots_sent_total"), 0);
     c.restart(lagging);
     let deadline = Instant::now() + ELECTION;
     while c.status(lagging)["shards"][0]["kv_keys"].as_u64() != Some(100_000) {
@@ -217,7 +223,7 @@ fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
     let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot");
     assert!(!log.contains("without its data"), "no snapshot message was refused");
-    assert_eq!(snapshots_sent(&c, leader), 1, "the snapshot was sent once");
+    assert_eq!(counter(&c, leader, "skiff_snapshots_sent_total"), 1, "the snapshot was sent once");
     assert_eq!(c.client(lagging).cmd(&["GET", "k99-999"]), bulk(&value));
 }
 
