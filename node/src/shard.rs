@@ -54,9 +54,10 @@ pub const INBOUND_BATCH_MAX: usize = 4096;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Application frame tag of a snapshot chunk.
 pub const APP_SNAPSHOT_CHUNK: u32 = 1;
-/// Whether ticks wait: a follower finishing a received snapshot holds the leader's
-/// messages, heartbeats included (a leader keeps ticking, so keeps heartbeating).
-fn ticks_wait(st: &State) -> bool {
+/// Whether ticks are skipped: a follower finishing a received snapshot holds the
+/// leader's messages, heartbeats included (a leader keeps ticking, so keeps
+/// heartbeating).
+fn ticks_skipped(st: &State) -> bool {
     st.finishing.is_some() && st.node.role() != Role::Leader
 }
 
@@ -617,7 +618,7 @@ impl Shard {
     async fn wait_for_work(&self) -> Woken {
         let until_tick = {
             let st = self.st.borrow();
-            if ticks_wait(&st) {
+            if ticks_skipped(&st) {
                 // Ticks resume when the snapshot is finished, which rings the doorbell.
                 self.p.tick
             } else {
@@ -675,10 +676,14 @@ impl Shard {
             }
             // Ticks: one per elapsed interval, also after a stall, so that elections
             // and leases measure real time (the engine's lease needs it). While a
-            // received snapshot is finished they wait with the held messages, and are
-            // all counted after them, as they were when that work blocked the loop: a
-            // follower does not campaign for want of the heartbeats it holds.
-            let elapsed = if ticks_wait(st) { Duration::ZERO } else { now.saturating_duration_since(st.last_tick) };
+            // follower finishes a received snapshot, holding the leader's heartbeats,
+            // its ticks are skipped: it must not campaign for want of messages it holds.
+            // A follower's clock running slow only makes it grant votes later, which
+            // the leader's lease tolerates (running fast would not be).
+            if ticks_skipped(st) {
+                st.last_tick = now;
+            }
+            let elapsed = now.saturating_duration_since(st.last_tick);
             let ticks = (elapsed.as_nanos() / self.p.tick.as_nanos().max(1)) as u32;
             let held = failpoints::hold_election_timer() && st.node.role() != Role::Leader;
             for _ in 0..ticks {
