@@ -112,29 +112,40 @@ fn restarting_every_node_keeps_all_data() {
     }
 }
 
-#[test]
-fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
-    // Snapshots every 16 KiB of log: a few hundred writes compact the log many times.
-    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384", "--snapshot-catchup-entries", "0"]);
-    let leader = c.leader(ELECTION);
+/// Stops a follower of `leader` once its founding entry is durable, and returns it.
+/// Stopped right after founding, a node may exit before its founding entry (index 1)
+/// reaches its WAL, and would then be refused at restart.
+fn stop_a_follower_after_founding(c: &mut Cluster, leader: u64) -> u64 {
     let lagging = if leader == 3 { 2 } else { 3 };
-    // Stopped right after founding, a node may exit before its founding entry (index 1)
-    // reaches its WAL, and would then be refused at restart: wait until it is durable.
     let deadline = Instant::now() + ELECTION;
     while c.status(lagging)["shards"][0]["persisted"].as_u64().unwrap_or(0) < 1 {
         assert!(Instant::now() < deadline, "node {lagging} persisted its founding entry");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(c.stop(lagging, Duration::from_secs(10)));
-    let value = "x".repeat(200);
-    for i in 0..400 {
-        assert_eq!(write_until_ok(&mut c.client(leader), &["SET", &format!("k{i}"), &value], ELECTION), ok());
-    }
+    lagging
+}
+
+/// Waits until `leader` has compacted its log past its first entries.
+fn wait_until_compacted(c: &Cluster, leader: u64) {
     let deadline = Instant::now() + ELECTION;
     while c.status(leader)["shards"][0]["first_index"].as_u64().unwrap_or(0) <= 2 {
         assert!(Instant::now() < deadline, "the leader compacted its log");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
+    // Snapshots every 16 KiB of log: a few hundred writes compact the log many times.
+    let mut c = Cluster::start(3, &["--snapshot-log-bytes", "16384", "--snapshot-catchup-entries", "0"]);
+    let leader = c.leader(ELECTION);
+    let lagging = stop_a_follower_after_founding(&mut c, leader);
+    let value = "x".repeat(200);
+    for i in 0..400 {
+        assert_eq!(write_until_ok(&mut c.client(leader), &["SET", &format!("k{i}"), &value], ELECTION), ok());
+    }
+    wait_until_compacted(&c, leader);
     c.restart(lagging);
     let deadline = Instant::now() + ELECTION;
     loop {
@@ -191,13 +202,7 @@ fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
     // stepped earlier, the appends are rejected and the leader sends it all again.
     let mut c = Cluster::start(3, &["--snapshot-log-bytes", "2097152", "--snapshot-catchup-entries", "0"]);
     let leader = c.leader(ELECTION);
-    let lagging = if leader == 3 { 2 } else { 3 };
-    let deadline = Instant::now() + ELECTION;
-    while c.status(lagging)["shards"][0]["persisted"].as_u64().unwrap_or(0) < 1 {
-        assert!(Instant::now() < deadline, "node {lagging} persisted its founding entry");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(c.stop(lagging, Duration::from_secs(10)));
+    let lagging = stop_a_follower_after_founding(&mut c, leader);
     let value = "v".repeat(40);
     let mut cl = c.client(leader);
     for batch in 0..100 {
@@ -208,11 +213,7 @@ fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         assert_eq!(write_until_ok(&mut cl, &args, ELECTION), ok());
     }
-    let deadline = Instant::now() + ELECTION;
-    while c.status(leader)["shards"][0]["first_index"].as_u64().unwrap_or(0) <= 2 {
-        assert!(Instant::now() < deadline, "the leader compacted its log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_compacted(&c, leader);
     assert_eq!(counter(&c, leader, "skiff_snapshots_sent_total"), 0);
     c.restart(lagging);
     let deadline = Instant::now() + ELECTION;
