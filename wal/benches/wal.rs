@@ -156,8 +156,6 @@ struct Raw {
     dsync: Rc<DmaFile>,
     /// One buffer per write that can be in flight, plus one being filled.
     bufs: Vec<Rc<DmaBuffer>>,
-    /// Nanoseconds spent copying in this round (`raw+copy`).
-    copy_ns: u64,
     /// What `raw+copy` copies into a buffer before each write.
     source: Vec<u8>,
     slots: u64,
@@ -202,18 +200,7 @@ impl Raw {
             setting("SKIFF_WAL_BENCH_RAW_OFFSET").map_or(0, |s| s.parse().expect("SKIFF_WAL_BENCH_RAW_OFFSET"));
         assert!(shift_bytes.is_multiple_of(BLOCK_BYTES as u64) && shift_bytes < len as u64);
         let source = (0..len).map(|i| (i * 31) as u8).collect();
-        Raw {
-            path,
-            file,
-            dsync,
-            bufs,
-            copy_ns: 0,
-            source,
-            slots: RAW_FILE_BYTES / len as u64 - 1,
-            next: 0,
-            case,
-            shift_bytes,
-        }
+        Raw { path, file, dsync, bufs, source, slots: RAW_FILE_BYTES / len as u64 - 1, next: 0, case, shift_bytes }
     }
 
     /// The next write's buffer and offset; with `copy`, the batch's bytes are copied in
@@ -226,10 +213,8 @@ impl Raw {
         if copy {
             let stamp = self.next as u8;
             let buf = Rc::get_mut(&mut self.bufs[i]).expect("buffer reused only after its write");
-            let t = Instant::now();
             buf.as_bytes_mut().copy_from_slice(&self.source);
             buf.as_bytes_mut()[0] = stamp;
-            self.copy_ns += t.elapsed().as_nanos() as u64;
         }
         (self.bufs[i].clone(), off)
     }
@@ -237,7 +222,7 @@ impl Raw {
     async fn round(&mut self, sync: SyncMode, mode: Mode, copy: bool, secs: f64) -> Stats {
         let len = self.case.write_bytes() as u64;
         let mut lat = Vec::new();
-        self.copy_ns = 0;
+        let mut copy_ns = 0u64;
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(secs);
         let mut n = 0u64;
@@ -249,6 +234,9 @@ impl Raw {
         while Instant::now() < deadline {
             let t0 = Instant::now();
             let (buf, off) = self.next_write(copy);
+            if copy {
+                copy_ns += t0.elapsed().as_nanos() as u64;
+            }
             match (sync, mode) {
                 (SyncMode::Fdatasync, Mode::Sequential) => {
                     self.file.write_rc_at(buf, off).await.expect("raw write");
@@ -301,7 +289,7 @@ impl Raw {
             elapsed: start.elapsed(),
             lat_ns: lat,
             submit_ns: Vec::new(),
-            copy_ns: self.copy_ns,
+            copy_ns,
         }
     }
 
