@@ -1,11 +1,13 @@
 //! Failure points for fault testing (OVS's `cluster/failure-test`, etcd's failpoints):
 //! crash the process at a chosen step of the write path, fail an fdatasync, cut or
-//! degrade Raft traffic to chosen peers, delay elections, withhold vote requests.
+//! degrade Raft traffic to chosen peers, delay elections, withhold vote requests, slow
+//! down the finishing of a received snapshot.
 //!
 //! They exist only in builds with the `failpoints` cargo feature; without it every hook
 //! below is an empty inline function and the admin port has no `/debug/failpoints`
 //! endpoints (it answers 404). Points are armed at run time through the admin port
-//! (see docs/admin.md) and live in this process's memory: a restart disarms them all.
+//! (see docs/admin.md), or at start-up from the `SKIFF_FAILPOINTS` environment variable
+//! ([`arm_from_env`]), and live in this process's memory: a restart disarms them all.
 //!
 //! The registry is process-global because the admin port runs on its own thread; the
 //! hooks on the shard's hot path cost one relaxed atomic load while nothing is armed.
@@ -105,6 +107,8 @@ mod armed {
         /// Fraction of peer messages dropped, in millionths.
         drop_ppm: AtomicU32,
         delay_ms: AtomicU64,
+        /// Added to the finishing of each received snapshot, in milliseconds.
+        snapshot_finish_delay_ms: AtomicU64,
         rng: AtomicU64,
         net: Mutex<Net>,
     }
@@ -123,6 +127,7 @@ mod armed {
         no_vote_requests: AtomicBool::new(false),
         drop_ppm: AtomicU32::new(0),
         delay_ms: AtomicU64::new(0),
+        snapshot_finish_delay_ms: AtomicU64::new(0),
         rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         net: Mutex::new(Net { cut_out: BTreeSet::new(), cut_in: BTreeSet::new(), election_delay_until: None }),
     };
@@ -138,6 +143,7 @@ mod armed {
             || REG.no_vote_requests.load(Ordering::Relaxed)
             || REG.drop_ppm.load(Ordering::Relaxed) != 0
             || REG.delay_ms.load(Ordering::Relaxed) != 0
+            || REG.snapshot_finish_delay_ms.load(Ordering::Relaxed) != 0
             || !n.cut_out.is_empty()
             || !n.cut_in.is_empty()
             || n.election_delay_until.is_some();
@@ -235,6 +241,22 @@ mod armed {
         }
     }
 
+    /// Called on the blocking thread that finishes a received snapshot, before it
+    /// starts: sleeps as long as `snapshot-finish-delay` says (a large snapshot on a
+    /// slow disk, without needing one).
+    pub fn snapshot_finish_delay() {
+        if idle() {
+            return;
+        }
+        match REG.snapshot_finish_delay_ms.load(Ordering::Relaxed) {
+            0 => {}
+            ms => {
+                error!("failpoint snapshot-finish-delay: finishing the received snapshot {ms} ms late");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        }
+    }
+
     /// Arms or disarms one point from the admin port. `params` are the query
     /// parameters. Returns a description of what is now armed, or why not.
     pub fn arm(name: &str, params: &[(String, String)]) -> Result<String, String> {
@@ -290,6 +312,18 @@ mod armed {
                         let ms = parse_u64(get("ms"), "ms")?;
                         n.election_delay_until = Some(Instant::now() + Duration::from_millis(ms));
                         format!("election-delay: no election timer for {ms} ms")
+                    }
+                }
+                "snapshot-finish-delay" => {
+                    allow(&["ms", "action"])?;
+                    let ms = if off { 0 } else { parse_u64(get("ms"), "ms")? };
+                    if ms > 600_000 {
+                        return Err("ms must be at most 600000".into());
+                    }
+                    REG.snapshot_finish_delay_ms.store(ms, Ordering::Relaxed);
+                    match ms {
+                        0 => "snapshot-finish-delay: off".to_string(),
+                        _ => format!("snapshot-finish-delay: each received snapshot is finished {ms} ms late"),
                     }
                 }
                 "partition" => {
@@ -376,6 +410,7 @@ mod armed {
                 "drop": f64::from(REG.drop_ppm.load(Ordering::Relaxed)) / 1e6,
                 "delay_ms": REG.delay_ms.load(Ordering::Relaxed),
             },
+            "snapshot_finish_delay_ms": REG.snapshot_finish_delay_ms.load(Ordering::Relaxed),
             "election_delay_ms": n.election_delay_until
                 .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64)
                 .unwrap_or(0),
@@ -389,6 +424,7 @@ mod armed {
         REG.no_vote_requests.store(false, Ordering::Relaxed);
         REG.drop_ppm.store(0, Ordering::Relaxed);
         REG.delay_ms.store(0, Ordering::Relaxed);
+        REG.snapshot_finish_delay_ms.store(0, Ordering::Relaxed);
         *net() = Net::default();
         refresh_any();
     }
@@ -417,10 +453,59 @@ mod disarmed {
     pub fn hold_election_timer() -> bool {
         false
     }
+    #[inline(always)]
+    pub fn snapshot_finish_delay() {}
 }
 
 #[cfg(not(feature = "failpoints"))]
 pub use disarmed::*;
+
+/// The environment variable that arms failure points at start-up, before the node
+/// serves anything: `NAME?PARAM=VALUE&...`, several separated by `;`, as the admin
+/// port's `POST /debug/failpoints/NAME?...` takes them (a node started on a data dir
+/// can then meet a failure point in its first seconds, e.g. while catching up).
+pub const ENV: &str = "SKIFF_FAILPOINTS";
+
+/// Arms what [`ENV`] names. An error names the bad part; in a build without failure
+/// points, the variable being set at all is one.
+pub fn arm_from_env() -> Result<(), String> {
+    match std::env::var_os(ENV) {
+        None => Ok(()),
+        Some(spec) => arm_spec(&spec.into_string().map_err(|_| format!("{ENV} is not valid UTF-8"))?),
+    }
+}
+
+/// Arms each `NAME?PARAM=VALUE&...` of a `;`-separated list ([`ENV`]'s syntax).
+pub fn arm_spec(spec: &str) -> Result<(), String> {
+    if !ENABLED {
+        return Err(format!(
+            "{ENV} is set, but this build has no failure points (build with `--features failpoints`, or unset it)"
+        ));
+    }
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, query) = part.split_once('?').unwrap_or((part, ""));
+        let params = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect::<Vec<_>>();
+        arm_point(name, &params).map_err(|e| format!("{ENV}: `{part}`: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn arm_point(name: &str, params: &[(String, String)]) -> Result<String, String> {
+    arm(name, params)
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn arm_point(_: &str, _: &[(String, String)]) -> Result<String, String> {
+    unreachable!("checked: ENABLED is false")
+}
 
 /// The crash points on the send path: a leader's append with entries, a
 /// follower's append response.
@@ -459,6 +544,22 @@ mod tests {
         assert_eq!(d["crash_points"][0]["armed"], true);
         reset();
         assert_eq!(describe()["crash_points"][0]["armed"], false);
+    }
+
+    #[test]
+    fn a_start_up_spec_arms_each_point_or_names_the_bad_one() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        reset();
+        arm_spec(" snapshot-finish-delay?ms=1500 ;partition?peers=2&dir=out;;").unwrap();
+        let d = describe();
+        assert_eq!(d["snapshot_finish_delay_ms"], 1500);
+        assert_eq!(d["partition"]["out"], serde_json::json!([2]));
+        let e = arm_spec("wal-before-write?action=crash;net?drop=x").unwrap_err();
+        assert!(e.contains("`net?drop=x`") && e.contains("drop"), "{e}");
+        assert!(arm_spec("snapshot-finish-delay").unwrap_err().contains("missing parameter `ms`"));
+        arm_spec("snapshot-finish-delay?action=off").unwrap();
+        assert_eq!(describe()["snapshot_finish_delay_ms"], 0);
+        reset();
     }
 
     #[test]

@@ -48,6 +48,9 @@ fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
         return fail(&e);
     }
     logging::set_prefix(format!("node {}: ", cfg.id));
+    if let Err(e) = skiff_node::failpoints::arm_from_env() {
+        return fail(&e);
+    }
     let listeners = match server::bind_listeners(&cfg) {
         Ok(l) => l,
         Err(e) => return fail(&e),

@@ -241,6 +241,8 @@ struct State {
     unwritten_hard_state: Option<HardState>,
     metrics: ShardMetrics,
     leader: NodeId,
+    /// The role the last soft state reported, to log each start of a campaign.
+    role: Role,
     stopping: bool,
     last_publish: Instant,
 }
@@ -388,6 +390,7 @@ impl Shard {
                 MetricsConfig { slow_fsync_threshold: p.fsync_warn, slow_apply_threshold: p.apply_warn },
             ),
             leader: 0,
+            role: Role::Follower,
             stopping: false,
             last_publish: now,
         };
@@ -874,6 +877,7 @@ impl Shard {
             let (shard, dir) = (self.clone(), self.snapdir.clone());
             let finished = glommio::executor().spawn_blocking(move || {
                 failpoints::crash_point(CrashPoint::SnapshotBeforeSave);
+                failpoints::snapshot_finish_delay();
                 let finished = rx.finish(&dir);
                 failpoints::crash_point(CrashPoint::SnapshotAfterSave);
                 finished
@@ -1041,6 +1045,15 @@ impl Shard {
                     );
                     st.leader = ss.leader;
                 }
+                if ss.role != st.role && matches!(ss.role, Role::PreCandidate | Role::Candidate) {
+                    info!(
+                        "shard {}: no word from a leader for an election timeout: campaigning (this node: {}, term {})",
+                        self.p.shard,
+                        ss.role.name(),
+                        st.node.term()
+                    );
+                }
+                st.role = ss.role;
             }
             let msgs = std::mem::take(&mut rd.messages);
             self.send(msgs);

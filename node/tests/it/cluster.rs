@@ -129,26 +129,35 @@ impl Cluster {
 
     /// Starts node `id`'s process with `more` flags.
     pub fn launch(&mut self, id: u64, more: &[&str]) {
-        let mut args = self.args(id);
-        args.extend(more.iter().map(|s| s.to_string()));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(&args)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn skiff");
-        self.nodes[(id - 1) as usize].child = Some(child);
+        self.spawn(id, more, &[]);
+        wait_listening(&self.node(id).client.clone());
+    }
+
+    /// Starts node `id` again with `env` set, e.g. failure points armed from the start
+    /// (`SKIFF_FAILPOINTS`).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.spawn(id, &[], env);
         wait_listening(&self.node(id).client.clone());
     }
 
     /// Starts node `id` again without waiting for it to listen: it is expected to
     /// refuse to start (see [`Cluster::wait_exit`]).
     pub fn restart_expecting_exit(&mut self, id: u64) {
-        let args = self.args(id);
+        self.spawn(id, &[], &[]);
+    }
+
+    /// [`Cluster::restart_expecting_exit`] with `env` set.
+    pub fn restart_with_env_expecting_exit(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.spawn(id, &[], env);
+    }
+
+    fn spawn(&mut self, id: u64, more: &[&str], env: &[(&str, &str)]) {
+        let mut args = self.args(id);
+        args.extend(more.iter().map(|s| s.to_string()));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -275,3 +275,60 @@ fn failpoints_are_listed_and_bad_requests_are_refused() {
     let mut cl = Resp::connect(&c.node(1).client);
     assert_eq!(write_until_ok(&mut cl, &["SET", "a", "b"], ELECTION), ok());
 }
+
+#[test]
+fn a_follower_slow_to_finish_a_received_snapshot_does_not_campaign_and_is_sent_it_once() {
+    // The follower finishes the received file on a blocking thread and holds the
+    // leader's messages meanwhile, heartbeats included. Finishing is made to take
+    // several election timeouts (200–400 ms here): the follower must not take the
+    // heartbeats it holds as the leader's silence and start elections, and the leader
+    // must not send the snapshot again.
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--snapshot-log-bytes", "16384", "--snapshot-catchup-entries", "0"]);
+    let mut c = Cluster::start(3, &flags);
+    let leader = c.leader(ELECTION);
+    let lagging = crate::node::stop_a_follower_after_founding(&mut c, leader);
+    let mut cl = c.client(leader);
+    for i in 0..300 {
+        assert_eq!(write_until_ok(&mut cl, &["SET", &format!("k{i}"), &"x".repeat(200)], ELECTION), ok());
+    }
+    crate::node::wait_until_compacted(&c, leader);
+    let term = c.status(leader)["shards"][0]["term"].as_u64().unwrap();
+    c.restart_with_env(lagging, &[("SKIFF_FAILPOINTS", "snapshot-finish-delay?ms=2000")]);
+    let deadline = Instant::now() + ELECTION;
+    while c.status(lagging)["shards"][0]["kv_keys"].as_u64() != Some(300) {
+        assert!(Instant::now() < deadline, "the follower caught up: {}", c.status(lagging)["shards"][0]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
+    // Campaigning right after the restart, before the leader's connection is back, is
+    // fine; campaigning while finishing is not.
+    let (_, finishing) = log
+        .split_once("finishing the received snapshot 2000 ms late")
+        .unwrap_or_else(|| panic!("the delay was armed from the start and reached: {log}"));
+    assert!(finishing.contains("installed the leader's snapshot"), "caught up by snapshot: {finishing}");
+    assert!(!finishing.contains("campaigning"), "the follower campaigned while finishing: {finishing}");
+    let sent = crate::node::settled_counter(&c, leader, "skiff_snapshots_sent_total", 1);
+    assert_eq!(sent, 1, "the snapshot was sent once");
+    let s = c.status(leader)["shards"][0].clone();
+    assert_eq!((s["role"].as_str(), s["term"].as_u64()), (Some("leader"), Some(term)), "leadership held: {s}");
+    assert_eq!(c.client(lagging).cmd(&["GET", "k299"]), bulk(&"x".repeat(200)));
+}
+
+#[test]
+fn failure_points_armed_from_the_environment_are_checked_at_start() {
+    let mut c = Cluster::start(1, FLAGS);
+    c.leader(ELECTION);
+    assert!(c.stop(1, Duration::from_secs(10)));
+    // A bad spec: the node refuses to start and names it.
+    c.restart_with_env_expecting_exit(1, &[("SKIFF_FAILPOINTS", "net?drop=0.5;snapshot-finish-delay?ms=soon")]);
+    let status = c.wait_exit(1, ELECTION).expect("the node exits");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&c.node(1).log).unwrap();
+    assert!(log.contains("SKIFF_FAILPOINTS: `snapshot-finish-delay?ms=soon`: ms: `soon`"), "{log}");
+    // A good one is armed before the node serves.
+    c.restart_with_env(1, &[("SKIFF_FAILPOINTS", "snapshot-finish-delay?ms=5; no-vote-requests?action=on")]);
+    let listed: serde_json::Value = serde_json::from_str(&http_get(&c.node(1).admin, "/debug/failpoints")).unwrap();
+    assert_eq!(listed["snapshot_finish_delay_ms"], 5);
+    assert_eq!(listed["no_vote_requests"], true);
+}

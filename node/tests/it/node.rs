@@ -115,7 +115,7 @@ fn restarting_every_node_keeps_all_data() {
 /// Stops a follower of `leader` once its founding entry is durable, and returns it.
 /// Stopped right after founding, a node may exit before its founding entry (index 1)
 /// reaches its WAL, and would then be refused at restart.
-fn stop_a_follower_after_founding(c: &mut Cluster, leader: u64) -> u64 {
+pub(crate) fn stop_a_follower_after_founding(c: &mut Cluster, leader: u64) -> u64 {
     let lagging = if leader == 3 { 2 } else { 3 };
     let deadline = Instant::now() + ELECTION;
     while c.status(lagging)["shards"][0]["persisted"].as_u64().unwrap_or(0) < 1 {
@@ -127,7 +127,7 @@ fn stop_a_follower_after_founding(c: &mut Cluster, leader: u64) -> u64 {
 }
 
 /// Waits until `leader` has compacted its log past its first entries.
-fn wait_until_compacted(c: &Cluster, leader: u64) {
+pub(crate) fn wait_until_compacted(c: &Cluster, leader: u64) {
     let deadline = Instant::now() + ELECTION;
     while c.status(leader)["shards"][0]["first_index"].as_u64().unwrap_or(0) <= 2 {
         assert!(Instant::now() < deadline, "the leader compacted its log");
@@ -181,8 +181,22 @@ fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     }
 }
 
+/// Node `id`'s counter `name` once it has reached `at_least` and two more of the
+/// shard's publications (`PUBLISH_INTERVAL`) have gone by: what a node did just before
+/// another node's status showed its effect may not be published yet, and a count that
+/// is still rising shows it in the meantime.
+pub(crate) fn settled_counter(c: &Cluster, id: u64, name: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + ELECTION;
+    while counter(c, id, name) < at_least {
+        assert!(Instant::now() < deadline, "node {id}'s {name} reaches {at_least}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(2 * skiff_node::shard::PUBLISH_INTERVAL);
+    counter(c, id, name)
+}
+
 /// A counter of node `id`'s shard 0 from `/metrics`, once the shard publishes it.
-fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
+pub(crate) fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
     let deadline = Instant::now() + ELECTION;
     loop {
         let metrics = crate::cluster::http_get(&c.node(id).admin, "/metrics");
@@ -224,7 +238,7 @@ fn a_follower_is_sent_a_large_snapshot_once_and_installs_it() {
     let log = std::fs::read_to_string(&c.node(lagging).log).unwrap();
     assert!(log.contains("installed the leader's snapshot"), "caught up by snapshot");
     assert!(!log.contains("without its data"), "no snapshot message was refused");
-    assert_eq!(counter(&c, leader, "skiff_snapshots_sent_total"), 1, "the snapshot was sent once");
+    assert_eq!(settled_counter(&c, leader, "skiff_snapshots_sent_total", 1), 1, "the snapshot was sent once");
     assert_eq!(c.client(lagging).cmd(&["GET", "k99-999"]), bulk(&value));
 }
 
