@@ -58,6 +58,10 @@ pub enum FaultKind {
     /// back: keeping its data, or wiped and started again with `--join` (the member
     /// replacement procedure); added as a voter at once, or as a learner then promoted.
     Membership,
+    /// Cut a follower off until the leader compacts past it, then heal with the
+    /// follower finishing the leader's snapshot seconds late: it holds the leader's
+    /// messages meanwhile, and must neither campaign for want of them nor lose them.
+    SlowSnapshot,
 }
 
 impl FaultKind {
@@ -80,6 +84,7 @@ impl FaultKind {
             FaultKind::ClusterRestart,
             FaultKind::SlowElection,
             FaultKind::Membership,
+            FaultKind::SlowSnapshot,
         ]);
         v
     }
@@ -100,6 +105,7 @@ impl FaultKind {
             FaultKind::ClusterRestart => "cluster-restart".into(),
             FaultKind::SlowElection => "slow-election".into(),
             FaultKind::Membership => "membership".into(),
+            FaultKind::SlowSnapshot => "slow-snapshot".into(),
         }
     }
 }

@@ -765,6 +765,37 @@ impl Run<'_> {
                 record(format!("drop {drop}, delay {delay} ms, {}", secs(hold)), armed)
             }
             FaultKind::Crash(i) => self.crash(CRASH_POINTS[i], kind, at, &mut rng)?,
+            FaultKind::SlowSnapshot => {
+                let Some(target) = self.follower(&mut rng) else { return Ok(no_leader()) };
+                let late = hold.as_millis() as u64;
+                self.say(&format!("{kind}: node {target} falls behind a snapshot, then finishes it {late} ms late"));
+                if !self.fall_behind_a_snapshot(target)? {
+                    return Ok(record(format!("node {target}: the leader did not compact past it in time"), false));
+                }
+                let snapshot_of = |r: &Self| r.shard_status(target).and_then(|s| s["last_snapshot_index"].as_u64());
+                let before = snapshot_of(self).unwrap_or(0);
+                let armed = self.arm(target, &format!("snapshot-finish-delay?ms={late}"));
+                self.arm(target, "partition?action=off");
+                let deadline = Instant::now() + self.cfg.crash_wait + hold;
+                let mut installed = None;
+                while installed.is_none() && Instant::now() < deadline {
+                    if interrupted() {
+                        return Err(ChaosError::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    installed = snapshot_of(self).filter(|&i| i > before);
+                }
+                self.arm(target, "snapshot-finish-delay?action=off");
+                match installed {
+                    Some(i) => {
+                        record(format!("node {target} installed the snapshot at {i}, finished {late} ms late"), armed)
+                    }
+                    None => record(
+                        format!("node {target}: no snapshot installed within {}", secs(self.cfg.crash_wait + hold)),
+                        false,
+                    ),
+                }
+            }
             FaultKind::FsyncEio => {
                 let target = self.random_node(&mut rng);
                 self.say(&format!("{kind}: node {target}'s next fdatasync fails"));
@@ -1092,10 +1123,11 @@ impl Run<'_> {
             if !self.cluster.running(id) {
                 self.start(id, "healing")?;
             }
-            let mut off: Vec<String> = ["partition", "net", "fsync-eio", "no-vote-requests", "election-delay"]
-                .iter()
-                .map(|p| format!("{p}?action=off"))
-                .collect();
+            let mut off: Vec<String> =
+                ["partition", "net", "fsync-eio", "no-vote-requests", "election-delay", "snapshot-finish-delay"]
+                    .iter()
+                    .map(|p| format!("{p}?action=off"))
+                    .collect();
             off.extend(CRASH_POINTS.iter().map(|p| format!("{p}?action=off")));
             for q in off {
                 let _ = http(&self.admin(id), "POST", &format!("/debug/failpoints/{q}"), ADMIN_TIMEOUT);
