@@ -869,6 +869,12 @@ fn percent_decode(s: &str, what: &str) -> Result<String, BadRequest> {
     String::from_utf8(out).map_err(|_| BadRequest(format!("query {what} `{s}` is not UTF-8")))
 }
 
+/// A query string's parameters, decoded and checked exactly as the admin port's
+/// endpoints take them (`SKIFF_FAILPOINTS` uses the same syntax).
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
+    Params::parse(query).map(|p| p.pairs).map_err(|e| e.0)
+}
+
 impl Params {
     fn parse(query: &str) -> Result<Params, BadRequest> {
         let mut pairs = Vec::new();

@@ -484,15 +484,9 @@ pub fn arm_spec(spec: &str) -> Result<(), String> {
     }
     for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, query) = part.split_once('?').unwrap_or((part, ""));
-        let params = query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (k.to_string(), v.to_string())
-            })
-            .collect::<Vec<_>>();
-        arm_point(name, &params).map_err(|e| format!("{ENV}: `{part}`: {e}"))?;
+        crate::admin::query_pairs(query)
+            .and_then(|params| arm_point(name, &params))
+            .map_err(|e| format!("{ENV}: `{part}`: {e}"))?;
     }
     Ok(())
 }
@@ -557,6 +551,8 @@ mod tests {
         let e = arm_spec("wal-before-write?action=crash;net?drop=x").unwrap_err();
         assert!(e.contains("`net?drop=x`") && e.contains("drop"), "{e}");
         assert!(arm_spec("snapshot-finish-delay").unwrap_err().contains("missing parameter `ms`"));
+        let e = arm_spec("snapshot-finish-delay?ms=1&ms=2").unwrap_err();
+        assert!(e.contains("given more than once"), "parsed as the admin port parses: {e}");
         arm_spec("snapshot-finish-delay?action=off").unwrap();
         assert_eq!(describe()["snapshot_finish_delay_ms"], 0);
         reset();

@@ -196,7 +196,7 @@ pub(crate) fn settled_counter(c: &Cluster, id: u64, name: &str, at_least: u64) -
 }
 
 /// A counter of node `id`'s shard 0 from `/metrics`, once the shard publishes it.
-pub(crate) fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
+fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
     let deadline = Instant::now() + ELECTION;
     loop {
         let metrics = crate::cluster::http_get(&c.node(id).admin, "/metrics");
