@@ -1,6 +1,8 @@
 //! One client connection on the RESP port: read whatever requests have arrived
 //! (pipelined requests come together), dispatch them all to the shard, ring the Ready
-//! loop once, then answer them in order in one write. A protocol error is answered
+//! loop once, then answer them in order in one write. A read behind a write of the
+//! same pipeline (or a write behind a read) is dispatched only once the requests
+//! before it are answered, so a pipeline takes effect in order, as on Redis. A protocol error is answered
 //! (after the replies owed to earlier requests) and closes the connection, as Redis
 //! does; nothing a client sends can affect another client or the shard.
 
@@ -10,13 +12,13 @@ use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use log::debug;
-use skiff_net::{RequestDecoder, RespError, RespLimits};
+use skiff_net::{Request, RequestDecoder, RespError, RespLimits};
 
 use std::time::Instant;
 
 use crate::commands::Reply;
 use crate::metrics::{Command, RejectReason};
-use crate::shard::{Pending, Shard};
+use crate::shard::{Pending, Shard, Unanswered};
 
 /// Bytes read from a client per read call.
 pub const CLIENT_READ_BYTES: usize = 16 << 10;
@@ -77,33 +79,42 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut out = BytesMut::with_capacity(4096);
     let mut pending: Vec<(Pending, Command, Instant)> = Vec::new();
     let mut chunk = vec![0u8; CLIENT_READ_BYTES];
+    // A request that must wait for the replies owed to earlier ones (see
+    // `Shard::dispatch`), with the time it was decoded.
+    let mut held: Option<(Request, Instant)> = None;
     loop {
         let mut quit = false;
         let mut protocol_error = None;
+        let mut earlier = Unanswered::default();
         while pending.len() < CLIENT_PIPELINE_MAX {
-            match decoder.decode(&mut inbuf) {
-                Ok(Some(req)) => {
-                    let command = req.args.first().map_or(Command::Other, |n| Command::from_name(n));
-                    let p = shard.dispatch(&req.args);
-                    quit = matches!(p, Pending::Quit);
-                    pending.push((p, command, Instant::now()));
-                    if quit {
+            let (req, decoded) = match held.take() {
+                Some(h) => h,
+                None => match decoder.decode(&mut inbuf) {
+                    Ok(Some(req)) => (req, Instant::now()),
+                    Ok(None) => break,
+                    Err(e) => {
+                        if matches!(e, RespError::RequestTooLarge(_) | RespError::InlineTooLong) {
+                            shard.record_request_rejected(RejectReason::TooLarge);
+                        }
+                        protocol_error = Some(e);
                         break;
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    if matches!(e, RespError::RequestTooLarge(_) | RespError::InlineTooLong) {
-                        shard.record_request_rejected(RejectReason::TooLarge);
-                    }
-                    protocol_error = Some(e);
-                    break;
-                }
+                },
+            };
+            let Some(p) = shard.dispatch(&req.args, &mut earlier) else {
+                held = Some((req, decoded));
+                break;
+            };
+            let command = req.args.first().map_or(Command::Other, |n| Command::from_name(n));
+            quit = matches!(p, Pending::Quit);
+            pending.push((p, command, decoded));
+            if quit {
+                break;
             }
         }
-        // Stopped by the cap with requests still buffered: answer, then decode again
-        // before reading.
-        let capped = pending.len() >= CLIENT_PIPELINE_MAX;
+        // Stopped by the cap, or by a request that waits for these replies, with
+        // requests still buffered: answer, then decode again before reading.
+        let capped = pending.len() >= CLIENT_PIPELINE_MAX || held.is_some();
         if pending.iter().any(|(p, _, _)| matches!(p, Pending::Wait { .. })) {
             shard.wake();
         }

@@ -185,6 +185,13 @@ pub enum Pending {
     Quit,
 }
 
+/// What a client connection's dispatched, not yet answered requests include.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unanswered {
+    pub writes: bool,
+    pub reads: bool,
+}
+
 /// What woke the Ready loop.
 enum Woken {
     Wal(Result<Completion, WalError>),
@@ -442,8 +449,26 @@ impl Shard {
     /// Turns a request into something to reply now or to wait for. Writes and reads
     /// are queued for the next loop iteration; the caller rings the doorbell
     /// ([`Shard::wake`]) once it has dispatched everything it read.
-    pub fn dispatch(&self, args: &[Bytes]) -> Pending {
+    ///
+    /// `earlier` says what the connection's earlier requests still wait for: a read
+    /// behind an unanswered write, or a write behind an unanswered read, is not taken
+    /// (`None`) and must be dispatched again once those are answered. A connection's
+    /// requests then take effect in the order it sent them, as Redis executes a
+    /// pipeline: `SET k v` then `GET k` reads `v`, and a `GET` never sees a `SET` sent
+    /// after it. Runs of reads, and runs of writes, still go out together.
+    pub fn dispatch(&self, args: &[Bytes], earlier: &mut Unanswered) -> Option<Pending> {
         let action = commands::parse(args);
+        match action {
+            Action::Write(_) if earlier.reads => return None,
+            Action::Read(_) if earlier.writes => return None,
+            Action::Write(_) => earlier.writes = true,
+            Action::Read(_) => earlier.reads = true,
+            _ => {}
+        }
+        Some(self.dispatch_action(action))
+    }
+
+    fn dispatch_action(&self, action: Action) -> Pending {
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         if st.stopping && matches!(action, Action::Write(_) | Action::Read(_)) {

@@ -337,6 +337,26 @@ fn bad_client_input_is_refused_while_other_clients_are_served() {
         assert_eq!(p.read_reply(), Some(ok()));
     }
     assert_eq!(p.cmd(&["GET", "p199"]), bulk("199"));
+    // A pipeline takes effect in the order it was sent, on the leader and on a
+    // follower (which relays its writes and reads): each GET reads the SET before it,
+    // never the one after it.
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    for node in [leader, follower] {
+        let mut p = c.client(node);
+        let key = format!("order-{node}");
+        let mut batch = bytes::BytesMut::new();
+        skiff_net::resp::encode_request(&["GET", &key], &mut batch);
+        for i in 0..20 {
+            skiff_net::resp::encode_request(&["SET", &key, &i.to_string()], &mut batch);
+            skiff_net::resp::encode_request(&["GET", &key], &mut batch);
+        }
+        p.send_raw(&batch).unwrap();
+        assert_eq!(p.read_reply(), Some(RespValue::NullBulk), "node {node}: the first GET comes before every SET");
+        for i in 0..20 {
+            assert_eq!(p.read_reply(), Some(ok()), "node {node}");
+            assert_eq!(p.read_reply(), Some(bulk(&i.to_string())), "node {node}: GET after SET {i}");
+        }
+    }
 }
 
 #[test]
