@@ -92,6 +92,29 @@ fn split_entries(entries: &[Entry], budget: usize) -> Vec<std::ops::Range<usize>
     out
 }
 
+/// What chunk `i` of the `count` appends one Ready is written as carries.
+///
+/// The snapshot install goes first. The hard state goes in the first and the last:
+/// the engine needs it durable no later than the entries it comes with (a membership
+/// change must never be on disk without the commit index that covers the change
+/// before it), and a crash between two chunks then leaves it with a commit index
+/// perhaps beyond the entries that made it to disk, which recovery clamps to the log.
+/// Only the last carries this Ready's number and any compaction; the earlier ones
+/// repeat the previous number, whose completion reports nothing new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChunkPart {
+    install: bool,
+    hard_state: bool,
+    last: bool,
+}
+
+impl ChunkPart {
+    fn of(i: usize, count: usize) -> ChunkPart {
+        let last = i + 1 == count;
+        ChunkPart { install: i == 0, hard_state: i == 0 || last, last }
+    }
+}
+
 const _: () = assert!(skiff_tuning::config::WAL_WRITES_IN_FLIGHT_MAX <= skiff_wal::APPENDS_IN_FLIGHT_MAX);
 
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
@@ -697,17 +720,17 @@ impl Shard {
             while let Some(c) = self.wal.try_next_completion()? {
                 self.completed(st, c);
             }
-            let mut inbound = Vec::new();
-            self.transport.recv_batch(&mut inbound, INBOUND_BATCH_MAX);
-            for m in inbound {
-                self.inbound(st, m)?;
-            }
             // Ticks: one per elapsed interval, also after a stall, so that elections
-            // and leases measure real time (the engine's lease needs it). While a
-            // follower finishes a received snapshot, holding the leader's heartbeats,
-            // its ticks are skipped: it must not campaign for want of messages it holds.
-            // A follower's clock running slow only makes it grant votes later, which
-            // the leader's lease tolerates (running fast would not be).
+            // and leases measure real time (the engine's lease needs it). They come
+            // before the messages that arrived meanwhile: a leader back from a stall
+            // must not answer a relayed read from a lease that ran out while it was
+            // stalled, and a follower that acknowledges a heartbeat now must count its
+            // election timeout (its promise not to vote for another) from now, not
+            // from before the stall. While a follower finishes a received snapshot,
+            // holding the leader's heartbeats, its ticks are skipped: it must not
+            // campaign for want of messages it holds. A follower's clock running slow
+            // only makes it grant votes later, which the leader's lease tolerates
+            // (running fast would not be).
             if ticks_skipped(st) {
                 st.last_tick = now;
             }
@@ -720,6 +743,11 @@ impl Shard {
                 }
             }
             st.last_tick += self.p.tick * ticks;
+            let mut inbound = Vec::new();
+            self.transport.recv_batch(&mut inbound, INBOUND_BATCH_MAX);
+            for m in inbound {
+                self.inbound(st, m)?;
+            }
             let mut unreachable = Vec::new();
             self.transport.take_unreachable(&mut unreachable);
             for id in unreachable {
@@ -1044,7 +1072,7 @@ impl Shard {
 
     async fn handle_readies(self: &Rc<Self>) -> Result<(), ShardError> {
         loop {
-            let mut rd: Ready = {
+            let (mut rd, installing): (Ready, Option<Received>) = {
                 let mut st = self.st.borrow_mut();
                 if !st.node.has_ready() {
                     return Ok(());
@@ -1055,7 +1083,23 @@ impl Shard {
                 if self.wal.in_flight() >= self.p.wal_writes_in_flight {
                     return Ok(());
                 }
-                st.node.ready()
+                let rd = st.node.ready();
+                // The received snapshot this Ready installs is taken now: another
+                // transfer may finish while this loop waits for the WAL below and
+                // replace `received`.
+                let installing = match &rd.snapshot {
+                    Some(snap) => match st.received.take() {
+                        Some(r) if r.index == snap.meta.index => Some(r),
+                        _ => {
+                            return Err(ShardError::Start(format!(
+                                "the engine installed snapshot {} but its data is not here",
+                                snap.meta.index
+                            )));
+                        }
+                    },
+                    None => None,
+                };
+                (rd, installing)
             };
             if let Some(ss) = rd.soft_state {
                 let mut st = self.st.borrow_mut();
@@ -1094,23 +1138,21 @@ impl Shard {
                 };
                 let install = rd.snapshot.as_ref().map(|s| s.meta.clone());
                 // One append per WAL batch: a Ready holding more entries than a batch
-                // can take (many large writes at once) is written as several appends.
-                // Only the last carries this Ready's number, the hard state and any
-                // compaction; the earlier ones repeat the previous number, whose
-                // completion reports nothing new. The snapshot install goes first.
+                // can take (many large writes at once) is written as several appends
+                // (see `ChunkPart`).
                 let chunks = split_entries(&rd.entries, self.append_budget);
-                let last_chunk = chunks.len() - 1;
+                let count = chunks.len();
                 let mut seq = 0;
                 for (i, range) in chunks.into_iter().enumerate() {
-                    let last = i == last_chunk;
-                    let tag = if last { rd.number() } else { self.st.borrow().last_ready };
+                    let part = ChunkPart::of(i, count);
+                    let tag = if part.last { rd.number() } else { self.st.borrow().last_ready };
                     let entries = &rd.entries[range];
                     let append = Append {
                         tag,
-                        install: if i == 0 { install.as_ref() } else { None },
+                        install: if part.install { install.as_ref() } else { None },
                         entries,
-                        hard_state: if last { hard_state } else { None },
-                        compact: if last { compaction.as_ref().map(|(m, _)| m) } else { None },
+                        hard_state: if part.hard_state { hard_state } else { None },
+                        compact: if part.last { compaction.as_ref().map(|(m, _)| m) } else { None },
                         must_sync: true,
                     };
                     self.make_room().await?;
@@ -1127,12 +1169,12 @@ impl Shard {
                 if let Some((m, desc)) = compaction {
                     self.recorded_snapshot(&mut st, seq, &m, desc);
                 }
-                if let (Some(m), Some(r)) = (&install, &st.received) {
+                if let (Some(m), Some(r)) = (&install, &installing) {
                     self.storage.set_snapshot_data(m.index, r.desc.encode());
                 }
             }
             let mut st = self.st.borrow_mut();
-            self.apply(&mut st, &mut rd)?;
+            self.apply(&mut st, &mut rd, installing);
             st.node.advance_async(rd);
         }
     }
@@ -1259,15 +1301,11 @@ impl Shard {
         self.transport.send(m).map_err(|e| e.to_string())
     }
 
-    fn apply(&self, st: &mut State, rd: &mut Ready) -> Result<(), ShardError> {
+    /// Applies `rd`'s committed entries, after installing `installing`, the received
+    /// snapshot `rd` carries, if any.
+    fn apply(&self, st: &mut State, rd: &mut Ready, installing: Option<Received>) {
         let t0 = Instant::now();
-        if let Some(snap) = &rd.snapshot {
-            let Some(r) = st.received.take().filter(|r| r.index == snap.meta.index) else {
-                return Err(ShardError::Start(format!(
-                    "the engine installed snapshot {} but its data is not here",
-                    snap.meta.index
-                )));
-            };
+        if let Some(r) = installing {
             info!("shard {}: installed the leader's snapshot at index {}", self.p.shard, r.index);
             failpoints::crash_point(CrashPoint::SnapshotBeforeApply);
             // The replaced state can be millions of pairs: freeing them here would hold
@@ -1350,7 +1388,6 @@ impl Shard {
                 warn!("shard {}: {w}", self.p.shard);
             }
         }
-        Ok(())
     }
 
     /// After applying: publish status now and then; take a snapshot when the log
@@ -1533,6 +1570,21 @@ mod tests {
         for r in ranges {
             let bytes: usize = e[r.clone()].iter().map(|x| x.data.len() + h).sum();
             assert!(bytes <= 300 || r.len() == 1, "{r:?}: {bytes}");
+        }
+    }
+
+    #[test]
+    fn a_split_ready_writes_its_hard_state_no_later_than_its_entries() {
+        let whole = ChunkPart::of(0, 1);
+        assert_eq!(whole, ChunkPart { install: true, hard_state: true, last: true });
+        for count in 2..6 {
+            let parts: Vec<ChunkPart> = (0..count).map(|i| ChunkPart::of(i, count)).collect();
+            // The first append holds the Ready's first entries, a membership change
+            // among them perhaps: the hard state (its commit index) is in it.
+            assert!(parts[0].hard_state && parts[0].install && !parts[0].last, "{count}: {parts:?}");
+            assert!(parts[count - 1].hard_state && parts[count - 1].last, "{count}: {parts:?}");
+            assert_eq!(parts.iter().filter(|p| p.last).count(), 1);
+            assert_eq!(parts.iter().filter(|p| p.install).count(), 1);
         }
     }
 }
