@@ -350,7 +350,8 @@ fn check_new_data_dir(data: &DataDir, params: &ShardParams) -> Result<(), StartE
 
 /// Writes `data` to `tmp`, syncs it and renames it to `path`, so `path` is either absent
 /// or whole after a crash.
-fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes `data` to `path` through `tmp`: written, synced, renamed, directory synced.
+pub(crate) fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(tmp)?;
     f.write_all(data)?;
     f.sync_all()?;

@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -295,10 +295,45 @@ pub struct Shard {
     ops: RefCell<Option<OpsReceiver>>,
 }
 
-fn request_id_base() -> u64 {
-    // Request ids must not repeat across restarts of this node (an old entry applied
-    // after a restart would answer a new client): start from the clock.
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+/// Counts this shard's starts: holds their number, as decimal text.
+pub const STARTS_FILE: &str = "starts";
+/// Written first, synced, then renamed to [`STARTS_FILE`].
+const STARTS_TMP_FILE: &str = "starts.tmp";
+/// Low bits of a request id that count requests within one start; the bits above
+/// hold the start's number.
+const REQUEST_ID_START_SHIFT: u32 = 48;
+
+/// Counts one more start of the shard whose directory is `dir` and returns its number
+/// (1 on the first start), durably: request ids begin with it, so that an entry this
+/// node proposed before a restart, committed and applied after it, never answers a
+/// client of the new run (which it would if the ids repeated). A clock is not enough
+/// for that: it can be set back.
+pub fn count_start(dir: &Path) -> Result<u64, ShardError> {
+    let path = dir.join(STARTS_FILE);
+    let before = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            ShardError::Start(format!(
+                "{} does not hold a count of starts (it holds {:?}): skiff alone writes it. If it was damaged, \
+                 write a number in it: any number but that of the node's last start will do",
+                path.display(),
+                text.chars().take(40).collect::<String>()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(ShardError::Start(format!("cannot read {}: {e}", path.display()))),
+    };
+    let now =
+        before.checked_add(1).ok_or_else(|| ShardError::Start(format!("{} is at its maximum", path.display())))?;
+    crate::server::write_durably(&path, &dir.join(STARTS_TMP_FILE), format!("{now}\n").as_bytes())
+        .map_err(|e| ShardError::Start(format!("cannot write {}: {e}", path.display())))?;
+    Ok(now)
+}
+
+/// The first request id of start number `start`: ids of different starts differ in
+/// their high bits (those of 65,536 consecutive starts never meet), and a start has
+/// 2^48 ids, more than a node answers in years.
+fn request_id_base(start: u64) -> u64 {
+    ((start & 0xFFFF) << REQUEST_ID_START_SHIFT) | 1
 }
 
 impl Shard {
@@ -316,6 +351,7 @@ impl Shard {
         let snapdir = SnapshotDir::new(p.dir.join("snapshots"));
         std::fs::create_dir_all(snapdir.path())
             .map_err(|e| ShardError::Start(format!("cannot create {}: {e}", snapdir.path().display())))?;
+        let start = count_start(&p.dir)?;
         let mut opts = WalOptions::new(
             &wal_dir,
             Identity { cluster_id: p.cluster_id, shard_id: u64::from(p.shard), node_id: p.node_id },
@@ -392,7 +428,7 @@ impl Shard {
             node,
             kv,
             applied: meta.index,
-            next_request: request_id_base(),
+            next_request: request_id_base(start),
             queued_writes: Vec::new(),
             writes: HashMap::new(),
             write_deadlines: VecDeque::new(),
@@ -1571,6 +1607,24 @@ mod tests {
             let bytes: usize = e[r.clone()].iter().map(|x| x.data.len() + h).sum();
             assert!(bytes <= 300 || r.len() == 1, "{r:?}: {bytes}");
         }
+    }
+
+    #[test]
+    fn each_start_is_counted_durably_and_gets_its_own_request_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(count_start(dir.path()).unwrap(), 1);
+        assert_eq!(count_start(dir.path()).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(dir.path().join(STARTS_FILE)).unwrap(), "2\n");
+        assert!(!dir.path().join(STARTS_TMP_FILE).exists());
+        // Ids of one start never reach the next start's.
+        let (a, b) = (request_id_base(1), request_id_base(2));
+        assert!(a + (1 << REQUEST_ID_START_SHIFT) - 1 < b);
+        assert_ne!(request_id_base(0xFFFF), request_id_base(0x1_0000));
+        // A damaged count is refused, naming the file; it is left as it was.
+        std::fs::write(dir.path().join(STARTS_FILE), "x7").unwrap();
+        let e = count_start(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("starts") && e.contains("x7"), "{e}");
+        assert_eq!(std::fs::read_to_string(dir.path().join(STARTS_FILE)).unwrap(), "x7");
     }
 
     #[test]
