@@ -1304,18 +1304,26 @@ impl Shard {
         let MessageBody::Snapshot { snapshot } = &m.body else { unreachable!("called for snapshot messages") };
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         let path = self.snapdir.file(index);
-        let total = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        // Opened once for the whole transfer: a newer local snapshot may remove the
+        // file meanwhile, and the open file stays readable until this transfer ends.
+        let p2 = path.clone();
+        let (file, total) = glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<(Arc<std::fs::File>, u64)> {
+                let f = std::fs::File::open(&p2)?;
+                let len = f.metadata()?.len();
+                Ok((Arc::new(f), len))
+            })
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let mut offset = 0u64;
         while offset < total {
             let n = SNAPSHOT_CHUNK_BYTES.min((total - offset) as usize);
-            let p2 = path.clone();
+            let f = file.clone();
             let data = glommio::executor()
                 .spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                    use std::io::{Read, Seek, SeekFrom};
-                    let mut f = std::fs::File::open(&p2)?;
-                    f.seek(SeekFrom::Start(offset))?;
+                    use std::os::unix::fs::FileExt;
                     let mut buf = vec![0u8; n];
-                    f.read_exact(&mut buf)?;
+                    f.read_exact_at(&mut buf, offset)?;
                     Ok(buf)
                 })
                 .await
