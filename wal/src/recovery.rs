@@ -11,9 +11,9 @@
 //! | H1  | segment header magic ok, version unknown                         | refuse: unknown format version |
 //! | H2  | valid header of another cluster, shard or node                   | refuse: foreign directory |
 //! | H3  | valid header whose seq differs from the file name                | corruption at offset 0 |
-//! | H4  | all-zero header after the last active segment                    | spare: remove (it may hold a torn first write) |
+//! | H4  | all-zero header after the last active segment                    | spare: remove (it may hold a torn first write), unless H5x |
 //! | H5  | damaged header after the last active segment                     | torn activation: remove, unless H5x |
-//! | H5x | ... and it holds an intact batch `>= expected + APPENDS_IN_FLIGHT_MAX` | corruption at offset 0 |
+//! | H5x | the first H4/H5 segment holds an intact batch of its own `>= expected + APPENDS_IN_FLIGHT_MAX` (expected: the batch after the last active segment's data, or 1 when no segment is active) | corruption at offset 0 |
 //! | H6  | zero or damaged header between active segments                   | corruption at offset 0 |
 //! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
@@ -22,7 +22,7 @@
 //! | B3  | damaged batch (magic, CRC, seq, segment, length, record CRC)     | end of this segment's data (a tear or damage: see E*) |
 //! | E1  | middle segment ends at batch `n`, next segment starts at `n + 1` | continue with the next segment |
 //! | E2  | middle segment ends anywhere else                                | corruption at the end offset |
-//! | E3  | last segment ends, then an intact batch `>= n + APPENDS_IN_FLIGHT_MAX` | corruption at the end offset (that batch was only written after this one was durable) |
+//! | E3  | last segment's data ends before batch `e`, then an intact batch `>= e + APPENDS_IN_FLIGHT_MAX` | corruption at the end offset (that batch was only written after batch `e` was durable) |
 //! | E4  | last segment ends at a damaged batch (not E3)                    | torn tail: drop from that offset, log file and offset, zero the region before appending |
 //! | E5  | last segment ends at zeroes or end of file (not E3)              | clean end: append from there (zeroing any stale bytes after it) |
 //! | R1  | entry at index `<= last + 1`, above the compaction point         | append; a later append at the same index supersedes the suffix |
@@ -85,10 +85,11 @@ pub fn classify_listing(dir: &Path, names: &[String]) -> Result<Listing, WalErro
 pub struct Plan {
     /// Segments to replay, in order.
     pub active: Vec<SegmentHeader>,
-    /// A damaged header after the last active segment (row H5), to be checked by
-    /// [`Replay::torn_activation`] and removed.
+    /// The first segment after the last active one, when its header is zeroed (row
+    /// H4) or damaged (row H5): it is the one a torn first write would have left, so
+    /// [`Replay::torn_activation`] checks it (row H5x) before it is removed.
     pub torn_activation: Option<u64>,
-    /// Spares to remove (row H4).
+    /// Later spares to remove (row H4).
     pub spares: Vec<u64>,
     /// Released segments caught before their recycling or removal finished (row H8).
     pub released: Vec<u64>,
@@ -169,7 +170,7 @@ pub fn plan(dir: &Path, identity: Identity, headers: &[(u64, HeaderRead)]) -> Re
                         "segment header is zeroed or damaged, and later segments exist",
                     ));
                 }
-                if matches!(h, HeaderRead::Invalid) && plan.torn_activation.is_none() && plan.spares.is_empty() {
+                if plan.torn_activation.is_none() {
                     plan.torn_activation = Some(*seq);
                 } else if matches!(h, HeaderRead::Invalid) {
                     return Err(corruption(dir, *seq, 0, "damaged segment header after a spare or a torn segment"));
@@ -403,16 +404,22 @@ impl Replay {
         Ok(())
     }
 
-    /// Checks a segment whose header is damaged after the last active one (row H5,
-    /// H5x): it may be a torn first write, unless it holds batches that could only
-    /// have been written after that first write was durable.
+    /// Checks the segment after the last active one when its header is zeroed or
+    /// damaged (rows H4, H5, H5x): it may be a torn first write, unless it holds
+    /// batches that could only have been written after that first write was durable.
+    /// With no active segment at all, no segment header was ever durable, so the
+    /// first batch the WAL wrote is batch 1.
     pub fn torn_activation(&mut self, seq: u64, data: &[u8]) -> Result<(), WalError> {
-        if let Some(e) = self.expected {
-            lookahead(&self.dir, seq, data, SEGMENT_DATA_OFFSET_BYTES as usize, e, Some("damaged segment header"))
-                .map_err(|_| {
-                    corruption(&self.dir, seq, 0, "segment header is damaged but later batches in it were acknowledged")
-                })?;
-        }
+        let e = self.expected.unwrap_or(1);
+        lookahead(&self.dir, seq, data, SEGMENT_DATA_OFFSET_BYTES as usize, e, Some("damaged segment header"))
+            .map_err(|_| {
+                corruption(
+                    &self.dir,
+                    seq,
+                    0,
+                    "segment header is zeroed or damaged but later batches in it were acknowledged",
+                )
+            })?;
         self.out.remove.push(seq);
         Ok(())
     }

@@ -176,6 +176,70 @@ fn rows_h5_h5x_torn_activation_of_the_last_segment() {
     want.entries.truncate(prev_last as usize);
     assert_eq!(r.locs.len(), want.entries.len());
     assert!(r.tail.unwrap().segment_seq < last, "appending resumes in the previous segment");
+    // H4 + H5x: a zeroed header looks like a spare, but a spare holds no batch of its
+    // own past the in-flight window.
+    let mut f = files.clone();
+    file(&mut f, last)[..BLOCK_BYTES].fill(0);
+    expect_corruption(recover(&f), last, 0, "H4/H5x: zeroed header of a written segment");
+    // H4: a zeroed header with only a first write's worth of batches is a torn first
+    // write, removed like H5.
+    let mut f = files.clone();
+    let seg = file(&mut f, last);
+    let offs = batches(seg);
+    seg[offs[3]..].fill(0);
+    seg[..BLOCK_BYTES].fill(0);
+    let r = recover(&f).unwrap();
+    assert!(r.remove.contains(&last), "H4: the torn activation is removed");
+    assert!(r.tail.unwrap().segment_seq < last);
+}
+
+/// A WAL that has written `n` single-entry batches, all in its first segment.
+fn one_segment(n: u64) -> Files {
+    run(async move {
+        let fs = SimFs::new();
+        let wal = Wal::open(fs.clone(), small_opts(&sim_dir())).await.unwrap();
+        for i in 1..=n {
+            let e = [ent(i, 1, 1000)];
+            wal.submit(&Append { entries: &e, must_sync: true, ..Default::default() }).await.unwrap();
+            wal.next_completion().await.unwrap();
+        }
+        wal.close().await.unwrap();
+        fs.files_in(&sim_dir())
+    })
+}
+
+#[test]
+fn rows_h4_h5_h5x_when_no_segment_is_active() {
+    let files = one_segment(12);
+    let first = segments(&files)[0];
+    assert_eq!(recover(&files).unwrap().last_index(), 12);
+    assert_eq!(batches(file(&mut files.clone(), first)).len(), 12, "all in the first segment");
+    // With no intact segment header anywhere, the first batch was batch 1: batches
+    // from 9 on were written after it was durable, so the header was damaged later.
+    for zero in [false, true] {
+        let mut f = files.clone();
+        let seg = file(&mut f, first);
+        if zero {
+            seg[..BLOCK_BYTES].fill(0);
+        } else {
+            seg[30] ^= 0x10;
+        }
+        expect_corruption(recover(&f), first, 0, "H5x with no active segment");
+    }
+    // A first write cut short: three batches in flight, header lost.
+    let files = one_segment(3);
+    for zero in [false, true] {
+        let mut f = files.clone();
+        let seg = file(&mut f, first);
+        if zero {
+            seg[..BLOCK_BYTES].fill(0);
+        } else {
+            seg[30] ^= 0x10;
+        }
+        let r = recover(&f).unwrap();
+        assert_eq!(r.last_index(), 0, "H4/H5: nothing was acknowledged");
+        assert!(r.remove.contains(&first));
+    }
 }
 
 #[test]
