@@ -206,12 +206,15 @@ impl SegmentHeader {
         if head.len() < SEGMENT_HEADER_BYTES || head[0..8] != SEGMENT_MAGIC {
             return HeaderRead::Invalid;
         }
+        // The version before the checksum: another version may lay the header out
+        // differently, and its segments must be refused as such, never taken for a
+        // torn write and removed.
         let version = u32_at(head, 8);
-        if crc32c::crc32c(&head[0..64]) != u32_at(head, 64) {
-            return HeaderRead::Invalid;
-        }
         if version != FORMAT_VERSION {
             return HeaderRead::UnknownVersion(version);
+        }
+        if crc32c::crc32c(&head[0..64]) != u32_at(head, 64) {
+            return HeaderRead::Invalid;
         }
         HeaderRead::Valid(SegmentHeader {
             identity: Identity { cluster_id: u64_at(head, 16), shard_id: u64_at(head, 24), node_id: u64_at(head, 32) },
@@ -553,12 +556,22 @@ mod tests {
         for at in 0..SEGMENT_HEADER_BYTES {
             let mut bad = block.clone();
             bad[at] ^= 0x40;
-            assert!(matches!(SegmentHeader::read(&bad), HeaderRead::Invalid), "flip at {at} accepted");
+            let read = SegmentHeader::read(&bad);
+            if (8..12).contains(&at) {
+                // A damaged version is refused as an unknown version: never removed.
+                assert!(matches!(read, HeaderRead::UnknownVersion(_)), "flip at {at}: {read:?}");
+            } else {
+                assert!(matches!(read, HeaderRead::Invalid), "flip at {at} accepted");
+            }
         }
         let mut newer = block.clone();
         newer[8..12].copy_from_slice(&2u32.to_le_bytes());
         let crc = crc32c::crc32c(&newer[0..64]);
         newer[64..68].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::read(&newer), HeaderRead::UnknownVersion(2));
+        // A newer version whose header is laid out differently (its checksum is not
+        // where this version keeps it) is still an unknown version, not damage.
+        newer[64..68].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(SegmentHeader::read(&newer), HeaderRead::UnknownVersion(2));
     }
 

@@ -384,6 +384,11 @@ impl<F: FileSystem> Inner<F> {
     /// Moves finished appends, in order, to the completion queue.
     fn advance_completions(&self) {
         let mut st = self.st.borrow_mut();
+        if st.stopped.is_some() {
+            // Fail-stop: a write finishing after the failure reports nothing, not
+            // even "written" for an append that asked for no sync.
+            return;
+        }
         while let Some(u) = st.unacked.front().copied() {
             let synced = u.seq <= st.synced_seq;
             if !(synced || (!u.sync && u.seq <= st.written_seq)) {
@@ -742,21 +747,24 @@ impl<F: FileSystem + 'static> Wal<F> {
     pub async fn open(fs: F, opts: WalOptions) -> Result<Wal<F>, WalError> {
         opts.validate()?;
         let dir = opts.dir.clone();
-        let names = match fs.list_dir(&dir) {
-            Ok(n) => n,
+        match fs.list_dir(&dir) {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs.create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
                 if let Some(parent) = dir.parent() {
                     fs.sync_dir(parent).await.map_err(|e| io_err("fsync directory", parent, e))?;
                 }
-                Vec::new()
             }
             Err(e) => return Err(io_err("list directory", &dir, e)),
-        };
+        }
         fs.check_direct_io(&dir).map_err(|reason| WalError::BadDataDir { dir: dir.clone(), reason })?;
         fs.probe_device(&dir)
             .await
             .map_err(|e| io_err("probe the device with", &dir.join(crate::fs::DIRECT_IO_PROBE_NAME), e))?;
+        // Listed after the probes: they create and remove their own file, which a
+        // crash may have left behind (row D2), and it must not be listed as a leftover
+        // that is gone by the time the leftovers are removed.
+        let names = fs.list_dir(&dir).map_err(|e| io_err("list directory", &dir, e))?;
         let listing = recovery::classify_listing(&dir, &names)?;
         let mut files = Vec::with_capacity(listing.segments.len());
         let mut headers = Vec::with_capacity(listing.segments.len());

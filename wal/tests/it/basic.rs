@@ -137,7 +137,12 @@ fn real_disk_rotation_cold_reads_and_restart() {
         }
         let segments = std::fs::read_dir(&d).unwrap().count();
         assert!(segments > 3, "rotated through {segments} segment files");
+        // A crash during the O_DIRECT probes leaves their file behind (row D2): the
+        // next start removes it and recovers.
+        let probe = d.join(skiff_wal::fs::DIRECT_IO_PROBE_NAME);
+        std::fs::write(&probe, [0u8; 4096]).unwrap();
         let wal = Wal::open(DmaFs, opts).await.unwrap();
+        assert!(!probe.exists());
         model.assert_storage(&wal.storage());
         // And it keeps appending after recovery.
         let e = [ent(121, 3, 100)];
