@@ -156,15 +156,17 @@ impl SendQueue {
     }
 
     /// Moves the next write's frames into `out`: all control frames, then bulk frames
-    /// while the batch stays within `bulk_bytes_max` (at least one bulk frame when
-    /// there is no control frame, so an oversized frame still goes out).
+    /// while their bytes stay within `bulk_bytes_max` — but always at least one bulk
+    /// frame when any is queued, so a frame larger than the cap (a snapshot chunk) goes
+    /// out even while control frames arrive before every write. The control frames
+    /// still lead the write.
     pub fn take_batch(&mut self, out: &mut Vec<OutFrame>, bulk_bytes_max: usize) {
         out.extend(self.control.frames.drain(..));
         self.control.bytes = 0;
         let mut taken = 0;
         while let Some(front) = self.bulk.frames.front() {
             let bytes = front.wire_bytes();
-            if taken + bytes > bulk_bytes_max && !out.is_empty() {
+            if taken > 0 && taken + bytes > bulk_bytes_max {
                 break;
             }
             taken += bytes;
@@ -238,7 +240,14 @@ mod tests {
         batch.clear();
         q.take_batch(&mut batch, 50);
         assert_eq!(batch.len(), 1, "one bulk frame even when it alone exceeds the cap");
-        assert_eq!(q.clear(), 2);
+        // And with control frames in the same write: a bulk frame over the cap is not
+        // held back for as long as control traffic keeps coming.
+        batch.clear();
+        q.push(Lane::Control, frame(10, 102)).unwrap();
+        q.take_batch(&mut batch, 50);
+        let markers: Vec<u8> = batch.iter().map(|f| f.head[0]).collect();
+        assert_eq!(markers, [102, 3], "control first, then the oversized bulk frame");
+        assert_eq!(q.clear(), 1);
         assert!(q.is_empty());
     }
 }

@@ -56,13 +56,20 @@ impl RecyclingBuffer {
     /// Makes sure the buffer can hold `frame_bytes` in total (the whole frame being
     /// received, when its header said how long it is; 0 if unknown) and has at least
     /// the minimum spare capacity. Callers have checked `frame_bytes` against their cap.
+    ///
+    /// When the frame's length is unknown and the partial frame already fills much of
+    /// a chunk, the new buffer is twice the partial frame: a large request arriving in
+    /// many reads is then copied a logarithmic number of times, not once per read.
     pub fn make_room(&mut self, frame_bytes: usize) {
         let len = self.buf.len();
         let need = frame_bytes.max(len + self.spare_bytes_min);
         if self.buf.capacity() >= need || self.buf.try_reclaim(need - len) {
             return;
         }
-        let size = need.max(self.chunk_bytes);
+        let mut size = need.max(self.chunk_bytes);
+        if frame_bytes == 0 {
+            size = size.max(len.saturating_mul(2));
+        }
         let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(size));
         let mut next = match reusable {
             Some(i) => self.retired.remove(i).expect("index is in range"),
@@ -114,6 +121,25 @@ mod tests {
         r.make_room(5000);
         assert!(r.bytes().capacity() >= 5000);
         assert_eq!(r.bytes().len(), 20);
+    }
+
+    #[test]
+    fn a_large_frame_of_unknown_length_is_moved_a_logarithmic_number_of_times() {
+        let mut r = RecyclingBuffer::new(16 << 10, 4 << 10);
+        let mut moves = 0;
+        let mut at = None;
+        // 4 MiB arriving in reads that fill whatever spare room there is, in 4 KiB
+        // pieces (a socket read returns what has arrived).
+        while r.bytes().len() < 4 << 20 {
+            r.make_room(0);
+            if at != Some(r.bytes().as_ptr()) {
+                moves += 1;
+                at = Some(r.bytes().as_ptr());
+            }
+            r.bytes().extend_from_slice(&[7; 4 << 10]);
+        }
+        assert!(moves <= 12, "the partial frame moved {moves} times");
+        assert!(r.bytes().capacity() <= 16 << 20, "capacity {} for a 4 MiB frame", r.bytes().capacity());
     }
 
     #[test]
