@@ -281,6 +281,13 @@ struct Peer {
     work: Wakers,
     /// Waiters for queue room and for connection state changes.
     room: Wakers,
+    /// Generation of the newest accepted connection from this peer: a peer dials
+    /// again only when it lost its connection, so an older one still open here is
+    /// half-open (its host vanished, or a network path broke without a RST) and is
+    /// closed at once rather than when keepalive finally gives up on it.
+    inbound_generation: Cell<u64>,
+    /// Readers of older connections wait here to be told they were replaced.
+    inbound_replaced: Wakers,
 }
 
 #[derive(Debug)]
@@ -358,6 +365,8 @@ impl Transport {
                     traffic: PeerCounters::default(),
                     work: Wakers::default(),
                     room: Wakers::default(),
+                    inbound_generation: Cell::new(0),
+                    inbound_replaced: Wakers::default(),
                 };
                 (id, peer)
             })
@@ -580,6 +589,8 @@ enum ConnError {
     Truncated,
     #[error("connection closed")]
     Closed,
+    #[error("replaced by a newer connection from the same peer")]
+    Replaced,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -602,7 +613,7 @@ impl ConnError {
             ConnError::RefusedByPeer(..) => RejectReason::RefusedByPeer,
             ConnError::HandshakeTimeout => RejectReason::HandshakeTimeout,
             ConnError::Truncated => RejectReason::Truncated,
-            ConnError::Closed | ConnError::Io(_) => return None,
+            ConnError::Closed | ConnError::Replaced | ConnError::Io(_) => return None,
         })
     }
 }
@@ -711,10 +722,21 @@ async fn receive(s: &Rc<Shared>, stream: &mut TcpStream) -> Result<(), ConnError
     write_frame(stream, FrameKind::HelloAccept, &s.local.encode()).await?;
     let peer = hello.node_id;
     info!("shard {}: accepted connection from node {peer}", s.local.shard_id);
+    let from = &s.peers[&peer];
+    let generation = from.inbound_generation.get() + 1;
+    from.inbound_generation.set(generation);
+    from.inbound_replaced.wake_all();
     let decoder = FrameDecoder::new(s.config.frame_body_bytes_max);
     recv.set_sizes(RECV_BUFFER_BYTES, RECV_SPARE_BYTES_MIN);
     loop {
-        let frame = read_frame(stream, &mut recv, &decoder).await?;
+        if from.inbound_generation.get() != generation {
+            return Err(ConnError::Replaced);
+        }
+        let frame = future::or(read_frame(stream, &mut recv, &decoder), async {
+            from.inbound_replaced.until(|| from.inbound_generation.get() != generation).await;
+            Err(ConnError::Replaced)
+        })
+        .await?;
         let frame_bytes = FRAME_HEADER_BYTES + frame.body.len();
         let inbound = match frame.kind {
             FrameKind::App => Inbound::App {

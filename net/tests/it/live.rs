@@ -307,6 +307,35 @@ fn redials_after_the_peer_restarts() {
 }
 
 #[test]
+fn a_new_connection_from_a_peer_replaces_its_old_one() {
+    run(|| async {
+        let (t1, t2) = pair(|_, _| {}).await;
+        still_serves(&t2, &t1, 1).await;
+        assert_eq!(t1.inbound_connections(), 1);
+        // Node 2 dials again, as it does once its connection is lost: here the old one
+        // is still open on node 1's side, as after a network break without a RST.
+        let mut s = connect(t1.local_addr()).await;
+        write(&mut s, &hello(CLUSTER, 2, 0)).await;
+        let mut accept = vec![0u8; FRAME_HEADER_BYTES + 21];
+        futures_lite::AsyncReadExt::read_exact(&mut s, &mut accept).await.unwrap();
+        let hb = Encoder::new(1 << 20).message(&heartbeat(2, 1, 5)).unwrap();
+        write(&mut s, &hb.to_contiguous()).await;
+        assert_eq!(recv(&t1).await, Inbound::Raft(heartbeat(2, 1, 5)));
+        // The old connection was closed when the new one was accepted, not left to
+        // hold a reader and buffers until keepalive gives up on it.
+        wait_until(|| t1.inbound_connections() == 1).await;
+        // Node 2's transport sees its connection closed and dials again, which in
+        // turn replaces the hand-made one.
+        wait_until(|| t2.stats().connects.get() == 2).await;
+        let rest = read_until_closed(&mut s).await;
+        assert!(rest.is_empty(), "nothing more was sent on the replaced connection");
+        still_serves(&t2, &t1, 2).await;
+        wait_until(|| t1.inbound_connections() == 1).await;
+        assert!(RejectReason::ALL.iter().all(|r| t1.stats().rejected(*r) == 0), "a replacement is no rejection");
+    });
+}
+
+#[test]
 fn received_bytes_waiting_for_the_loop_are_bounded() {
     const APPENDS: u64 = 10;
     const BOUND: usize = 150 << 10;
