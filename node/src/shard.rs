@@ -1492,6 +1492,12 @@ impl Shard {
     }
 
     fn recorded_snapshot(&self, st: &mut State, seq: u64, meta: &SnapshotMeta, desc: Descriptor) {
+        if meta.index <= st.last_snapshot {
+            // The leader's snapshot, installed while this one was being written, is
+            // newer: the WAL ignores this compaction too, and its file goes with the
+            // next snapshot's clean-up.
+            return;
+        }
         self.storage.set_snapshot_data(meta.index, desc.encode());
         st.last_snapshot = meta.index;
         st.remove_snapshots_after = Some((seq, meta.index));
@@ -1517,7 +1523,14 @@ impl Shard {
             Ok(desc) => {
                 st.metrics.record_snapshot_taken();
                 info!("shard {}: wrote snapshot at index {} ({} bytes)", self.p.shard, meta.index, desc.bytes);
-                st.pending_compaction = Some((meta, desc));
+                if meta.index > st.last_snapshot {
+                    st.pending_compaction = Some((meta, desc));
+                } else {
+                    info!(
+                        "shard {}: not compacting to it: the leader's snapshot at {} was installed meanwhile",
+                        self.p.shard, st.last_snapshot
+                    );
+                }
             }
             Err(e) => warn!("shard {}: snapshot at {} failed (will retry): {e}", self.p.shard, meta.index),
         }
