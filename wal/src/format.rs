@@ -206,14 +206,17 @@ impl SegmentHeader {
         if head.len() < SEGMENT_HEADER_BYTES || head[0..8] != SEGMENT_MAGIC {
             return HeaderRead::Invalid;
         }
-        // The version before the checksum: another version may lay the header out
-        // differently, and its segments must be refused as such, never taken for a
-        // torn write and removed.
+        // A newer version may lay the header out differently (its checksum elsewhere):
+        // its segments must be refused as such, never taken for a torn write and
+        // removed, so a version above this one is refused before the checksum is
+        // looked at. Any other version must come with a valid checksum to be believed:
+        // a torn first write can leave the magic with a zero version.
         let version = u32_at(head, 8);
-        if version != FORMAT_VERSION {
+        let intact = crc32c::crc32c(&head[0..64]) == u32_at(head, 64);
+        if version > FORMAT_VERSION || (version != FORMAT_VERSION && intact) {
             return HeaderRead::UnknownVersion(version);
         }
-        if crc32c::crc32c(&head[0..64]) != u32_at(head, 64) {
+        if !intact {
             return HeaderRead::Invalid;
         }
         HeaderRead::Valid(SegmentHeader {
@@ -557,8 +560,8 @@ mod tests {
             let mut bad = block.clone();
             bad[at] ^= 0x40;
             let read = SegmentHeader::read(&bad);
-            if (8..12).contains(&at) {
-                // A damaged version is refused as an unknown version: never removed.
+            if (8..12).contains(&at) && u32_at(&bad, 8) > FORMAT_VERSION {
+                // A version above this one is refused as unknown: never removed.
                 assert!(matches!(read, HeaderRead::UnknownVersion(_)), "flip at {at}: {read:?}");
             } else {
                 assert!(matches!(read, HeaderRead::Invalid), "flip at {at} accepted");
@@ -573,6 +576,11 @@ mod tests {
         // where this version keeps it) is still an unknown version, not damage.
         newer[64..68].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(SegmentHeader::read(&newer), HeaderRead::UnknownVersion(2));
+        // A first write torn right after the magic leaves version 0 and no checksum:
+        // damage (a torn activation), not a version to refuse.
+        let mut torn = vec![0u8; BLOCK_BYTES];
+        torn[..8].copy_from_slice(&block[..8]);
+        assert_eq!(SegmentHeader::read(&torn), HeaderRead::Invalid);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | H3  | valid header whose seq differs from the file name                | corruption at offset 0 |
 //! | H4  | all-zero header after the last active segment                    | spare: remove (it may hold a torn first write), unless H5x |
 //! | H5  | damaged header after the last active segment                     | torn activation: remove, unless H5x |
-//! | H5x | the first H4/H5 segment holds an intact batch of its own `>= expected + APPENDS_IN_FLIGHT_MAX` (expected: the batch after the last active segment's data, or 1 when no segment is active) | corruption at offset 0 |
+//! | H5x | the first H4/H5 segment holds an intact batch of its own `>= expected + APPENDS_IN_FLIGHT_MAX` (expected: the batch after the last active segment's data, or 1 when no segment is active; an H4 segment is scanned only if its first data block is a batch of its own, see [`torn_activation_needs_scan`]) | corruption at offset 0 |
 //! | H6  | zero or damaged header between active segments                   | corruption at offset 0 |
 //! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
@@ -425,6 +425,9 @@ impl Replay {
     }
 
     /// Records spares (row H4) or released leftovers (row H8) to remove.
+    ///
+    /// (See also [`torn_activation_needs_scan`], which spares a clean start reading
+    /// the whole spare segment.)
     pub fn spares(&mut self, seqs: &[u64]) {
         self.out.remove.extend_from_slice(seqs);
     }
@@ -545,6 +548,20 @@ impl Replay {
     }
 }
 
+/// Whether the segment after the last active one ([`Plan::torn_activation`], with
+/// header `header`) must be read whole for row H5x, judged from its first data block.
+/// A damaged header: always. A zeroed one (a spare, on every clean start): only when
+/// the first data block holds a batch of this segment. A batch `>= e + 8` can be intact
+/// only if the segment's first write was durable, and that write carries both the
+/// header and the batch at the data offset; a spare — zero-filled, or recycled with
+/// the batches of an older segment seq — holds none.
+pub fn torn_activation_needs_scan(header: &HeaderRead, seq: u64, first_data_block: &[u8]) -> bool {
+    match header {
+        HeaderRead::Spare => BatchHeader::decode(first_data_block).is_some_and(|h| h.segment_seq == seq),
+        _ => true,
+    }
+}
+
 /// Looks past the end of the last segment's data (rows E3, H5x) and returns how far
 /// batches of this segment reach there: those bytes must be zeroed before appending,
 /// or a leftover unacknowledged batch could later line up as a valid continuation.
@@ -624,7 +641,14 @@ pub fn recover_files(
         replay.segment(h, content(h.segment_seq), i + 1 == plan.active.len())?;
     }
     if let Some(seq) = plan.torn_activation {
-        replay.torn_activation(seq, content(seq))?;
+        let data = content(seq);
+        let first = &data[(SEGMENT_DATA_OFFSET_BYTES as usize).min(data.len())..];
+        let header = &headers.iter().find(|(s, _)| *s == seq).expect("planned from these").1;
+        if torn_activation_needs_scan(header, seq, first) {
+            replay.torn_activation(seq, data)?;
+        } else {
+            replay.spares(&[seq]);
+        }
     }
     replay.spares(&plan.spares);
     replay.spares(&plan.released);
@@ -684,6 +708,22 @@ mod tests {
         let other = Identity { node_id: 4, ..ID };
         let e = plan(&dir(), other, &[(1, valid(1))]).unwrap_err();
         assert!(e.to_string().contains("node 3") && e.to_string().contains("node 4"), "{e}");
+    }
+
+    #[test]
+    fn a_spare_is_read_whole_only_when_it_starts_with_a_batch_of_its_own() {
+        let batch = |segment_seq: u64| {
+            let hs = HardState { term: 1, vote: 1, commit: 0 };
+            let recs = [format::RecordRef::HardState(hs)];
+            let mut buf = vec![0u8; format::batch_padded_bytes(&recs)];
+            format::encode_batch(&mut buf, 5, segment_seq, &recs, &mut Vec::new());
+            buf
+        };
+        let zero = vec![0u8; BLOCK_BYTES];
+        assert!(!torn_activation_needs_scan(&HeaderRead::Spare, 7, &zero), "a zero-filled spare");
+        assert!(!torn_activation_needs_scan(&HeaderRead::Spare, 7, &batch(3)), "a recycled spare");
+        assert!(torn_activation_needs_scan(&HeaderRead::Spare, 7, &batch(7)), "a zeroed header on written data");
+        assert!(torn_activation_needs_scan(&HeaderRead::Invalid, 7, &zero), "a damaged header");
     }
 
     #[test]
