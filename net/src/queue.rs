@@ -9,8 +9,9 @@
 //! unreachable so the leader stops pipelining to it (etcd `ReportUnreachable`).
 //!
 //! The writer takes one batch at a time: every queued control frame first, then bulk
-//! frames up to [`WRITE_BATCH_BYTES_MAX`]. A control frame queued while a batch is being
-//! written therefore waits at most for that one batch, never for the whole bulk lane.
+//! frames up to [`WRITE_BATCH_BYTES_MAX`], or one bulk frame when it alone is larger (a
+//! snapshot chunk). A control frame queued while a batch is being written therefore
+//! waits at most for that one batch, never for the whole bulk lane.
 
 use std::collections::VecDeque;
 

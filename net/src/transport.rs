@@ -843,8 +843,8 @@ async fn connect(s: &Shared, peer: &Peer) -> Result<TcpStream, ConnError> {
 }
 
 /// Writes the peer's queue until the connection fails. Each write takes every queued
-/// control frame and then bulk frames up to [`WRITE_BATCH_BYTES_MAX`], in one gather
-/// write. While idle it watches the socket: the acceptor sends nothing after its
+/// control frame and then bulk frames up to [`WRITE_BATCH_BYTES_MAX`] (at least one), in
+/// one gather write. While idle it watches the socket: the acceptor sends nothing after its
 /// HelloAccept, so readability means end of stream (or a misbehaving peer).
 async fn write_loop(s: &Shared, peer: &Peer, stream: &mut TcpStream) -> ConnError {
     let mut batch: Vec<OutFrame> = Vec::new();
