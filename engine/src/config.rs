@@ -25,6 +25,10 @@ pub const HEARTBEAT_TICKS_DEFAULT: u32 = 1;
 /// Upper bound on the election timeout: a longer one is a configuration mistake (and
 /// randomisation doubles it).
 pub const ELECTION_TICKS_MAX: u32 = 1 << 20;
+/// Upper bound on the append messages in flight to one follower: far more than a
+/// window needs (the default is 512), and it keeps a typo from asking for an
+/// impossible allocation when the node becomes leader.
+pub const MAX_INFLIGHT_MSGS_MAX: usize = 1 << 16;
 
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT < ELECTION_TICKS_DEFAULT);
 
@@ -120,8 +124,11 @@ impl Config {
                 self.election_ticks
             )));
         }
-        if self.max_inflight_msgs == 0 {
-            return Err(ConfigError("max_inflight_msgs must be at least 1".into()));
+        if self.max_inflight_msgs == 0 || self.max_inflight_msgs > MAX_INFLIGHT_MSGS_MAX {
+            return Err(ConfigError(format!(
+                "max_inflight_msgs ({}) must be between 1 and {MAX_INFLIGHT_MSGS_MAX}",
+                self.max_inflight_msgs
+            )));
         }
         if self.max_size_per_msg == 0 {
             return Err(ConfigError("max_size_per_msg must be at least 1 byte".into()));

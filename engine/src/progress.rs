@@ -52,8 +52,9 @@ impl Inflights {
         assert!(!self.full(), "Inflights::add on a full window");
         debug_assert!(self.buf.back().is_none_or(|&(i, _)| i < last), "inflight indexes must increase");
         if self.buf.capacity() == 0 {
-            // Allocated once, on first use: followers never use theirs.
-            self.buf.reserve_exact(self.max_count);
+            // Allocated on first use (followers never use theirs), and only as far as a
+            // window usually gets; it grows beyond that if it must.
+            self.buf.reserve_exact(self.max_count.min(1024));
         }
         self.buf.push_back((last, bytes));
         self.bytes += bytes;

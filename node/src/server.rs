@@ -37,6 +37,7 @@ pub const LOCK_FILE: &str = "skiff.lock";
 // transport's and the client codec's bounds (the tuning crate depends on none of them);
 // they must agree.
 const _: () = assert!(skiff_tuning::config::ELECTION_TICKS_MAX == skiff_engine::config::ELECTION_TICKS_MAX);
+const _: () = assert!(skiff_tuning::config::MAX_INFLIGHT_MSGS_MAX == skiff_engine::config::MAX_INFLIGHT_MSGS_MAX);
 const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MAX == skiff_wal::format::SEGMENT_BYTES_MAX);
 const _: () = assert!(skiff_tuning::config::WAL_SEGMENT_BYTES_MIN >= skiff_wal::format::SEGMENT_BYTES_MIN);
 const _: () =

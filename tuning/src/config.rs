@@ -32,6 +32,9 @@ pub const WAL_SEGMENT_BYTES_MAX: u64 = 1 << 31;
 /// Longest election timeout the Raft engine accepts
 /// (`skiff_engine::config::ELECTION_TICKS_MAX`; the node checks they agree).
 pub const ELECTION_TICKS_MAX: u32 = 1 << 20;
+/// Upper bound on `max_inflight_msgs`, the engine's
+/// (`skiff_engine::config::MAX_INFLIGHT_MSGS_MAX`).
+pub const MAX_INFLIGHT_MSGS_MAX: usize = 1 << 16;
 /// Largest peer frame body the transport can carry: its length is a `u32` on the wire
 /// (`skiff_net::frame::FRAME_BODY_BYTES_MAX_LIMIT`).
 pub const FRAME_BYTES_MAX_LIMIT: u64 = u32::MAX as u64;
@@ -523,8 +526,11 @@ impl NodeConfig {
         if self.max_size_per_msg == 0 {
             return Err(err("max_size_per_msg must be at least 1"));
         }
-        if self.max_inflight_msgs == 0 {
-            return Err(err("max_inflight_msgs must be at least 1"));
+        if self.max_inflight_msgs == 0 || self.max_inflight_msgs > MAX_INFLIGHT_MSGS_MAX {
+            return Err(err(format!(
+                "max_inflight_msgs ({}) must be between 1 and {MAX_INFLIGHT_MSGS_MAX}",
+                self.max_inflight_msgs
+            )));
         }
         let frame_min = self.frame_bytes_min();
         if self.frame_bytes_max < frame_min {
@@ -707,10 +713,14 @@ mod tests {
     fn upper_bounds_are_inclusive() {
         let c = with(
             "election_ticks = 1048576\nwal_segment_bytes = 2147483648\nframe_bytes_max = 4294967295\n\
-             snapshot_catchup_entries = 10000000",
+             snapshot_catchup_entries = 10000000\nmax_inflight_msgs = 65536",
         )
         .unwrap();
         assert_eq!(c.validate(&topo()), Ok(()));
+        // One past a bound is refused, naming the key: this one used to pass and make
+        // the node abort on its first append as leader.
+        let e = with("max_inflight_msgs = 65537").unwrap().validate(&topo()).unwrap_err().0;
+        assert!(e.contains("max_inflight_msgs") && e.contains("65536"), "{e}");
     }
 
     /// frame_bytes_max must hold the largest client entry, a snapshot chunk, and a full
