@@ -1117,7 +1117,9 @@ impl<S: Storage> Raft<S> {
             }
             EntryKind::ElectionTimeout => match decode_election_timeout(&e.data) {
                 Some(t) if u64::from(t) > self.heartbeat_timeout && t <= ELECTION_TICKS_MAX => Ok(()),
-                _ => Err(RequestError::Invalid("election timeout must exceed the heartbeat interval and the maximum")),
+                _ => Err(RequestError::Invalid(
+                    "election timeout must exceed the heartbeat interval and be at most ELECTION_TICKS_MAX ticks",
+                )),
             },
         }
     }

@@ -186,6 +186,15 @@ impl Op {
             Op::SetElectionTimeout { .. } => "election-timeout",
         }
     }
+
+    /// The query parameter naming what the operation acts on.
+    pub fn parameter(&self) -> &'static str {
+        match self {
+            Op::TransferLeader { .. } => "to",
+            Op::AddMember { .. } | Op::RemoveMember { .. } | Op::PromoteMember { .. } => "id",
+            Op::SetElectionTimeout { .. } => "ticks",
+        }
+    }
 }
 
 /// A shard's answer to an [`Op`], and the HTTP status it becomes.

@@ -836,9 +836,22 @@ impl Shard {
                 Err(RequestError::ConfChangePending) => {
                     OpReply::Conflict("a membership change is still being applied; retry when it is".into())
                 }
+                Err(RequestError::Invalid(why)) => {
+                    OpReply::Invalid { parameter: req.op.parameter(), reason: why.into() }
+                }
                 Err(e) => OpReply::Conflict(e.to_string()),
             };
+            // A change that names the wrong member is refused before it is proposed:
+            // promoting an id that is not a learner would add a voter with no address
+            // (a typo then costs the group its fault tolerance), and adding a voter
+            // as a learner would demote it.
+            let conf = st.node.conf_state();
+            let role = |id: &NodeId| (conf.voters.contains(id), conf.learners.contains(id));
+            let already = |id: NodeId, what: &str| OpReply::Conflict(format!("{id} is already a {what} of this group"));
             match &req.op {
+                Op::TransferLeader { to } if *to == self.p.node_id => {
+                    OpReply::Invalid { parameter: "to", reason: format!("{to} is this node, the leader already") }
+                }
                 Op::TransferLeader { to } => {
                     if !st.node.conf_state().voters.contains(to) {
                         OpReply::Invalid { parameter: "to", reason: format!("{to} is not a voter of this group") }
@@ -854,11 +867,21 @@ impl Shard {
                          and restart them one at a time first"
                     ),
                 },
+                Op::AddMember { id, .. } if role(id).0 => already(*id, "voter"),
+                Op::AddMember { id, learner: true, .. } if role(id).1 => already(*id, "learner"),
                 Op::AddMember { id, learner: true, .. } => {
                     proposed(st.node.propose_conf_change(ConfChange::AddLearner(*id)), format!("add learner {id}"))
                 }
+                Op::PromoteMember { id } if role(id).0 => already(*id, "voter"),
+                Op::PromoteMember { id } if !role(id).1 => OpReply::Invalid {
+                    parameter: "id",
+                    reason: format!("{id} is not a learner of this group: add it as a learner first"),
+                },
                 Op::AddMember { id, learner: false, .. } | Op::PromoteMember { id } => {
                     proposed(st.node.propose_conf_change(ConfChange::AddVoter(*id)), format!("add voter {id}"))
+                }
+                Op::RemoveMember { id } if role(id) == (false, false) => {
+                    OpReply::Invalid { parameter: "id", reason: format!("{id} is not a member of this group") }
                 }
                 Op::RemoveMember { id } => {
                     proposed(st.node.propose_conf_change(ConfChange::RemoveNode(*id)), format!("remove {id}"))

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, bulk, http_post, ok, write_until_ok};
+use crate::cluster::{Cluster, bulk, http_get, http_post, ok, write_until_ok};
 
 const ELECTION: Duration = Duration::from_secs(10);
 const BLOCK: usize = 4096;
@@ -120,8 +120,25 @@ fn a_lost_data_directory_is_refused_and_the_member_can_be_replaced() {
     assert!(!status.success());
     let log = std::fs::read_to_string(&c.node(target).log).unwrap();
     assert!(log.contains("members/remove") || log.contains("--join"), "the refusal says what to do: {log}");
-    // The replacement procedure (docs/operating.md): remove, start with --join, add.
+    // Changes naming the wrong member are refused, not proposed: promoting an id
+    // that is not a learner (here one not even in the cluster list) would add a voter
+    // with no address, and adding a voter as a learner would demote it.
     let admin = c.node(leader).admin.clone();
+    let voter = 1 + target % 3;
+    for (path, want) in [
+        ("/members/promote?id=9".to_string(), 400),
+        (format!("/members/promote?id={voter}"), 409),
+        (format!("/members/add?id={voter}&learner=true"), 409),
+        ("/members/remove?id=9".to_string(), 400),
+        (format!("/transfer-leader?to={leader}"), 400),
+        ("/election-timeout?ticks=1".to_string(), 400),
+    ] {
+        let (code, body) = http_post(&admin, &path);
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    let status: String = http_get(&admin, "/status").split_whitespace().collect();
+    assert!(status.contains("\"voters\":[1,2,3]"), "the voters are unchanged: {status}");
+    // The replacement procedure (docs/operating.md): remove, start with --join, add.
     let (code, body) = http_post(&admin, &format!("/members/remove?id={target}"));
     assert_eq!(code, 200, "{body}");
     std::fs::remove_dir_all(&c.node(target).dir).ok();
