@@ -25,6 +25,9 @@ pub const CLIENT_READ_BYTES: usize = 16 << 10;
 /// Requests dispatched before answering: bounds what one client can have in flight
 /// (redis-benchmark's -P 16 and far deeper pipelines fit).
 pub const CLIENT_PIPELINE_MAX: usize = 1024;
+/// Encoded replies are written once they pass this size, so a pipeline of large
+/// replies (1,024 GETs of a 4 MiB value) holds one reply at a time, not all of them.
+pub const CLIENT_REPLY_FLUSH_BYTES: usize = 1 << 20;
 
 /// Appends the RESP2 encoding of `r` to `out`. Error and simple-string texts are
 /// single-line by construction (the command layer strips CR and LF).
@@ -128,6 +131,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 Pending::Quit => encode(&Reply::Simple("OK"), &mut out),
             }
             shard.record_client_request(command, started.elapsed());
+            if out.len() >= CLIENT_REPLY_FLUSH_BYTES {
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
         }
         if let Some(e) = &protocol_error {
             encode(&Reply::err(e.reply_text()), &mut out);

@@ -249,12 +249,30 @@ pub fn outcome_reply(o: &Outcome) -> Reply {
     }
 }
 
+/// Largest reply one request may produce. A reply is encoded whole before it is
+/// written, so without a cap one MGET naming a 4 MiB value 65,535 times (within every
+/// request limit) would ask for 256 GiB and abort the node.
+pub const REPLY_BYTES_MAX: usize = 64 << 20;
+
 /// Serves a read from the applied state.
 pub fn serve_read(kv: &Kv, r: &Read) -> Reply {
     match r {
         Read::Get(k) => kv.get(k).map_or(Reply::Nil, |v| Reply::Bulk(v.clone())),
         Read::MGet(keys) => {
-            Reply::Array(keys.iter().map(|k| kv.get(k).map_or(Reply::Nil, |v| Reply::Bulk(v.clone()))).collect())
+            let mut bytes = 0usize;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let v = kv.get(k);
+                bytes += v.map_or(5, |v| v.len() + 16);
+                if bytes > REPLY_BYTES_MAX {
+                    return Reply::err(format!(
+                        "ERR the reply would exceed {} MiB: ask for fewer keys per MGET",
+                        REPLY_BYTES_MAX >> 20
+                    ));
+                }
+                out.push(v.map_or(Reply::Nil, |v| Reply::Bulk(v.clone())));
+            }
+            Reply::Array(out)
         }
         Read::Exists(keys) => Reply::Int(keys.iter().filter(|k| kv.get(k).is_some()).count() as i64),
         Read::DbSize => Reply::Int(kv.len() as i64),
@@ -394,5 +412,17 @@ mod tests {
         );
         assert_eq!(serve_read(&kv, &Read::Exists(vec![b("a"), b("a"), b("z")])), Reply::Int(2));
         assert_eq!(serve_read(&kv, &Read::DbSize), Reply::Int(1));
+    }
+
+    #[test]
+    fn an_mget_whose_reply_would_exceed_the_cap_is_refused() {
+        let mut kv = Kv::new();
+        let big = Bytes::from(vec![7u8; 4 << 20]);
+        kv.insert(b("big"), big.clone());
+        let fits = REPLY_BYTES_MAX / (big.len() + 16);
+        let r = serve_read(&kv, &Read::MGet(vec![b("big"); fits]));
+        assert!(matches!(&r, Reply::Array(v) if v.len() == fits), "{fits} copies fit");
+        let Reply::Error(e) = serve_read(&kv, &Read::MGet(vec![b("big"); 65_535])) else { panic!("not refused") };
+        assert!(e.contains("fewer keys"), "{e}");
     }
 }
