@@ -243,6 +243,13 @@ struct State {
     read_deadlines: VecDeque<(Instant, u64)>,
     /// Reads whose index is known, by index, served once it is applied.
     reads_by_index: BTreeMap<Index, Vec<u64>>,
+    /// Read-index requests in flight: one per loop iteration that had reads to ask
+    /// for, under its own context, covering all of them (etcd's server does the same:
+    /// a follower relays one ReadIndex message per batch, not one per read, so a burst
+    /// of reads cannot flood the peer's control lane).
+    read_batches: HashMap<u64, Vec<u64>>,
+    /// When each batch may be forgotten (its reads have expired by then).
+    read_batch_deadlines: VecDeque<(Instant, u64)>,
     clients: usize,
     last_tick: Instant,
     bytes_since_snapshot: u64,
@@ -436,6 +443,8 @@ impl Shard {
             reads: HashMap::new(),
             read_deadlines: VecDeque::new(),
             reads_by_index: BTreeMap::new(),
+            read_batches: HashMap::new(),
+            read_batch_deadlines: VecDeque::new(),
             clients: 0,
             last_tick: now,
             bytes_since_snapshot: 0,
@@ -698,6 +707,8 @@ impl Shard {
         st.queued_writes.clear();
         st.queued_reads.clear();
         st.reads_by_index.clear();
+        st.read_batches.clear();
+        st.read_batch_deadlines.clear();
     }
 
     /// Waits until something needs the loop: the doorbell, a peer message, a WAL
@@ -1079,22 +1090,58 @@ impl Shard {
                 }
             }
         }
+        let reads = std::mem::take(&mut st.queued_reads);
+        if reads.is_empty() {
+            return;
+        }
         let now = Instant::now();
-        for ctx in std::mem::take(&mut st.queued_reads) {
-            if let Some(r) = st.reads.get_mut(&ctx) {
+        for ctx in &reads {
+            if let Some(r) = st.reads.get_mut(ctx) {
                 r.asked = Some(now);
             }
-            if let Err(e) = st.node.read_index(ctx) {
-                st.metrics.record_read_rejected(RejectReason::NoLeader);
-                if let Some(r) = st.reads.remove(&ctx) {
-                    r.slot.fill(Reply::err(format!("TRYAGAIN {e}")));
+        }
+        let batch = st.next_request;
+        st.next_request += 1;
+        match st.node.read_index(batch) {
+            Ok(()) => {
+                st.read_batches.insert(batch, reads);
+                st.read_batch_deadlines.push_back((now + self.p.request_timeout, batch));
+            }
+            Err(e) => {
+                for ctx in reads {
+                    st.metrics.record_read_rejected(RejectReason::NoLeader);
+                    if let Some(r) = st.reads.remove(&ctx) {
+                        r.slot.fill(Reply::err(format!("TRYAGAIN {e}")));
+                    }
                 }
             }
         }
     }
 
+    /// The leader changed: read-index requests asked of the old one may never be
+    /// answered, so their reads are asked again (of the new leader, once known)
+    /// instead of waiting out their deadline. Asking again is safe: an index confirmed
+    /// after the read arrived serves it linearizably.
+    fn reask_reads(&self, st: &mut State) {
+        let mut again: Vec<u64> = Vec::new();
+        for (_, ctxs) in st.read_batches.drain() {
+            again.extend(ctxs.into_iter().filter(|c| st.reads.get(c).is_some_and(|r| r.index.is_none())));
+        }
+        st.read_batch_deadlines.clear();
+        if !again.is_empty() {
+            // In arrival order, ahead of reads queued since.
+            again.sort_unstable();
+            again.append(&mut st.queued_reads);
+            st.queued_reads = again;
+        }
+    }
+
     /// Answers requests past their deadline.
     fn expire(&self, st: &mut State, now: Instant) {
+        // The queues drop expired requests in one pass each, not one pass per expired
+        // request: with no leader both hold up to their caps (65,536), and a scan per
+        // expiry would take the shard's core when it most needs it (ticks, elections).
+        let (mut writes_expired, mut reads_expired) = (false, false);
         while let Some(&(deadline, id)) = st.write_deadlines.front() {
             if deadline > now {
                 break;
@@ -1108,7 +1155,7 @@ impl Shard {
                     "TRYAGAIN no leader is known; retry later"
                 };
                 w.slot.fill(Reply::err(msg));
-                st.queued_writes.retain(|(q, _)| *q != id);
+                writes_expired = true;
             }
         }
         while let Some(&(deadline, ctx)) = st.read_deadlines.front() {
@@ -1124,8 +1171,23 @@ impl Shard {
                     "TRYAGAIN leadership could not be confirmed; retry later"
                 };
                 r.slot.fill(Reply::err(msg));
-                st.queued_reads.retain(|q| *q != ctx);
+                reads_expired = true;
             }
+        }
+        if writes_expired {
+            let writes = &st.writes;
+            st.queued_writes.retain(|(q, _)| writes.contains_key(q));
+        }
+        if reads_expired {
+            let reads = &st.reads;
+            st.queued_reads.retain(|q| reads.contains_key(q));
+        }
+        while let Some(&(deadline, batch)) = st.read_batch_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            st.read_batch_deadlines.pop_front();
+            st.read_batches.remove(&batch);
         }
     }
 
@@ -1172,6 +1234,7 @@ impl Shard {
                         st.node.term()
                     );
                     st.leader = ss.leader;
+                    self.reask_reads(&mut st);
                 }
                 if ss.role != st.role && matches!(ss.role, Role::PreCandidate | Role::Candidate) {
                     info!(
@@ -1423,13 +1486,16 @@ impl Shard {
             }
         }
         let now = Instant::now();
-        for ReadState { ctx, index } in rd.read_states.drain(..) {
-            if let Some(r) = st.reads.get_mut(&ctx) {
-                r.index = Some(index);
-                if let Some(at) = r.asked {
-                    st.metrics.record_read_index(now.saturating_duration_since(at));
+        for ReadState { ctx: batch, index } in rd.read_states.drain(..) {
+            let Some(ctxs) = st.read_batches.remove(&batch) else { continue };
+            for ctx in ctxs {
+                if let Some(r) = st.reads.get_mut(&ctx) {
+                    r.index = Some(index);
+                    if let Some(at) = r.asked {
+                        st.metrics.record_read_index(now.saturating_duration_since(at));
+                    }
+                    st.reads_by_index.entry(index).or_default().push(ctx);
                 }
-                st.reads_by_index.entry(index).or_default().push(ctx);
             }
         }
         // Serve every read whose index is applied (diss. §6.4 step 4).

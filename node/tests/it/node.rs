@@ -359,6 +359,34 @@ fn bad_client_input_is_refused_while_other_clients_are_served() {
     }
 }
 
+/// A follower asks the leader for one read index per batch of reads, not one per
+/// read: thousands of pipelined GETs arriving together on a follower would otherwise
+/// be as many ReadIndex messages, overflowing the peer's control lane (1,024
+/// messages); the dropped ones left their reads waiting out the request timeout.
+#[test]
+fn a_burst_of_pipelined_reads_on_a_follower_is_served_promptly() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let mut w = c.client(leader);
+    assert_eq!(write_until_ok(&mut w, &["SET", "burst", "x"], ELECTION), ok());
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..1024 {
+        skiff_net::resp::encode_request(&["GET", "burst"], &mut batch);
+    }
+    let mut clients: Vec<_> = (0..4).map(|_| c.client(follower)).collect();
+    for p in &mut clients {
+        p.send_raw(&batch).unwrap();
+    }
+    // A read whose read index was dropped waits out the request timeout and is
+    // answered -TRYAGAIN: every one must be the value.
+    for (i, p) in clients.iter_mut().enumerate() {
+        for n in 0..1024 {
+            assert_eq!(p.read_reply(), Some(bulk("x")), "client {i}, GET {n}");
+        }
+    }
+}
+
 #[test]
 fn redis_cli_sets_and_gets() {
     if Command::new("redis-cli").arg("--version").output().is_err() {
