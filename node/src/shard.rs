@@ -321,12 +321,17 @@ pub fn count_start(dir: &Path) -> Result<u64, ShardError> {
         Ok(text) => text.trim().parse::<u64>().map_err(|_| {
             ShardError::Start(format!(
                 "{} does not hold a count of starts (it holds {:?}): skiff alone writes it. If it was damaged, \
-                 write a number in it: any number but that of the node's last start will do",
+                 remove it: the next start then counts from a random number, as on a new data directory",
                 path.display(),
                 text.chars().take(40).collect::<String>()
             ))
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        // A new data directory counts from a random number: a member replaced under
+        // the same id (its disk lost, the node removed and joined again) would
+        // otherwise number its requests as its predecessor's first run did, and an
+        // entry of that run still in the log, applied during the catch-up, would
+        // answer a client of the new one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => random_u16(),
         Err(e) => return Err(ShardError::Start(format!("cannot read {}: {e}", path.display()))),
     };
     let now =
@@ -334,6 +339,19 @@ pub fn count_start(dir: &Path) -> Result<u64, ShardError> {
     crate::server::write_durably(&path, &dir.join(STARTS_TMP_FILE), format!("{now}\n").as_bytes())
         .map_err(|e| ShardError::Start(format!("cannot write {}: {e}", path.display())))?;
     Ok(now)
+}
+
+/// 16 random bits from the kernel (or, should getrandom fail, from the clock and the
+/// process id).
+fn random_u16() -> u64 {
+    let mut b = [0u8; 2];
+    // SAFETY: `b` is a valid, writable buffer of the length passed.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 2 {
+        return u64::from(u16::from_le_bytes(b));
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (t ^ u64::from(std::process::id()).rotate_left(17)) & 0xFFFF
 }
 
 /// The first request id of start number `start`: ids of different starts differ in
@@ -1722,9 +1740,14 @@ mod tests {
     #[test]
     fn each_start_is_counted_durably_and_gets_its_own_request_ids() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(count_start(dir.path()).unwrap(), 1);
-        assert_eq!(count_start(dir.path()).unwrap(), 2);
-        assert_eq!(std::fs::read_to_string(dir.path().join(STARTS_FILE)).unwrap(), "2\n");
+        let first = count_start(dir.path()).unwrap();
+        assert!((1..=0x1_0000).contains(&first), "a new directory counts from a random number: {first}");
+        assert_eq!(count_start(dir.path()).unwrap(), first + 1);
+        assert_eq!(std::fs::read_to_string(dir.path().join(STARTS_FILE)).unwrap(), format!("{}\n", first + 1));
+        // Two new directories (a member replaced under the same id) rarely share their
+        // first numbers: of 8 pairs, at least one differs unless the source is broken.
+        let firsts: Vec<u64> = (0..8).map(|_| count_start(tempfile::tempdir().unwrap().path()).unwrap()).collect();
+        assert!(firsts.windows(2).any(|w| w[0] != w[1]), "{firsts:?}");
         assert!(!dir.path().join(STARTS_TMP_FILE).exists());
         // Ids of one start never reach the next start's.
         let (a, b) = (request_id_base(1), request_id_base(2));
