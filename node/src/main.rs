@@ -8,7 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use skiff_node::cli::{Cli, Command};
 use skiff_node::{local, logging, server};
-use skiff_tuning::Topology;
+use skiff_tuning::{Persistence, Topology};
 
 /// mimalloc instead of glibc's allocator: the shard allocates and frees small buffers
 /// at a high rate (receive probes, entries, replies), and glibc's heap trimming made
@@ -27,11 +27,19 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Exit status of a refused start: 2 when starting again unchanged would be refused
+/// again (the systemd unit in docs/operating.md does not restart on it), 1 when the
+/// cause may clear by itself (a host name not resolving yet, a port still held).
+fn refused(e: &dyn std::fmt::Display, persistence: Persistence) -> i32 {
+    eprintln!("skiff: {e}");
+    match persistence {
+        Persistence::Lasting => 2,
+        Persistence::MayClear => 1,
+    }
+}
+
 fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("skiff: {e}");
-        2
-    };
+    let fail = |e: &dyn std::fmt::Display| refused(e, Persistence::Lasting);
     let overrides = match args.overrides() {
         Ok(t) => t,
         Err(e) => return fail(&e),
@@ -45,7 +53,7 @@ fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
         Err(e) => return fail(&format!("cannot read this machine's CPU topology: {e}")),
     };
     if let Err(e) = cfg.validate(&topology) {
-        return fail(&e);
+        return refused(&e, e.1);
     }
     logging::set_prefix(format!("node {}: ", cfg.id));
     if let Err(e) = skiff_node::failpoints::arm_from_env() {
@@ -53,7 +61,7 @@ fn serve(args: &skiff_node::cli::ServeArgs) -> i32 {
     }
     let listeners = match server::bind_listeners(&cfg) {
         Ok(l) => l,
-        Err(e) => return fail(&e),
+        Err(e) => return refused(&e, e.1),
     };
     let running = match server::start(&cfg, listeners, &topology) {
         Ok(r) => r,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use skiff_engine::ReadMode;
-use skiff_tuning::{NodeConfig, ReadModeSetting, Topology, WalSyncSetting};
+use skiff_tuning::{NodeConfig, Persistence, ReadModeSetting, Topology, WalSyncSetting};
 use skiff_wal::{DmaFs, FileSystem};
 
 use crate::admin::{AdminHandle, AdminServer, ops_channel};
@@ -55,10 +55,10 @@ const _: () = assert!(
 /// Why the node could not start; the text says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StartError(pub String);
+pub struct StartError(pub String, pub Persistence);
 
 fn err(s: impl Into<String>) -> StartError {
-    StartError(s.into())
+    StartError(s.into(), Persistence::Lasting)
 }
 
 /// A stable 64-bit id for a cluster name (FNV-1a), carried in WAL segment headers,
@@ -104,9 +104,13 @@ fn bind(what: &str, key: &str, addr: SocketAddr) -> Result<TcpListener, StartErr
     };
     res.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            err(format!(
-                "{what} address {addr} is already in use (another process listens there); stop it or choose another {key}"
-            ))
+            StartError(
+                format!(
+                    "{what} address {addr} is already in use (another process listens there); stop it or choose \
+                     another {key}"
+                ),
+                Persistence::MayClear,
+            )
         } else if e.kind() == std::io::ErrorKind::AddrNotAvailable {
             err(format!("{what} address {addr} is not an address of this host; fix {key}"))
         } else if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -119,7 +123,7 @@ fn bind(what: &str, key: &str, addr: SocketAddr) -> Result<TcpListener, StartErr
 
 /// Binds the client, peer and admin listeners of a validated configuration.
 pub fn bind_listeners(cfg: &NodeConfig) -> Result<Listeners, StartError> {
-    let resolve = |what: &str, a: &str| skiff_tuning::resolve(what, a).map_err(|e| err(e.to_string()));
+    let resolve = |what: &str, a: &str| skiff_tuning::resolve(what, a).map_err(|e| StartError(e.to_string(), e.1));
     let peer_addr = resolve("peer address", cfg.peer_addr().expect("validated"))?;
     Ok(Listeners {
         client: bind("client", "client_addr", resolve("client_addr", &cfg.client_addr)?)?,

@@ -364,10 +364,21 @@ fn de_members<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, St
 /// A configuration that cannot be used; the message names the key and the fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
+pub struct ConfigError(pub String, pub Persistence);
+
+/// Whether starting again, unchanged, could get past an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Persistence {
+    /// It would be refused again: the configuration or the data must change.
+    #[default]
+    Lasting,
+    /// It may clear by itself: a host name that does not resolve yet (DNS not up at
+    /// boot, a member's record not yet published), a port still held.
+    MayClear,
+}
 
 fn err(s: impl Into<String>) -> ConfigError {
-    ConfigError(s.into())
+    ConfigError(s.into(), Persistence::Lasting)
 }
 
 /// Resolves `HOST:PORT` (an IP address or a resolvable name) to socket addresses.
@@ -381,14 +392,15 @@ pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(err(format!("{what} {addr:?} is not HOST:PORT with a port from 0 to 65535")));
     }
+    let may_clear = |s: String| ConfigError(s, Persistence::MayClear);
     addr.to_socket_addrs()
         .map_err(|e| {
-            err(format!(
+            may_clear(format!(
                 "{what} {addr:?}: cannot resolve {host:?} ({e}); use an IP address or a name this host resolves"
             ))
         })?
         .next()
-        .ok_or_else(|| err(format!("{what} {addr:?}: {host:?} resolves to no address")))
+        .ok_or_else(|| may_clear(format!("{what} {addr:?}: {host:?} resolves to no address")))
 }
 
 /// Reads the file (if any), applies `overrides` (flags) on top, and parses the result.

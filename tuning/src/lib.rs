@@ -9,5 +9,5 @@
 pub mod config;
 pub mod topology;
 
-pub use config::{ConfigError, NodeConfig, ReadModeSetting, WalSyncSetting, load, parse_members, resolve};
+pub use config::{ConfigError, NodeConfig, Persistence, ReadModeSetting, WalSyncSetting, load, parse_members, resolve};
 pub use topology::{Cpu, Topology, TopologyError};
