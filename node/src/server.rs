@@ -142,15 +142,17 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let cur = lim.rlim_cur;
-    if cur == libc::RLIM_INFINITY || root {
+    if cur == libc::RLIM_INFINITY {
         return Ok(());
     }
     let fix =
         "raise it: `ulimit -l unlimited` in the shell that starts skiff, or LimitMEMLOCK=infinity in its systemd unit";
+    // The runtime refuses a soft limit below this whatever the user, root included.
     if cur < MEMLOCK_BYTES_MIN {
         return Err(err(format!("RLIMIT_MEMLOCK is {cur} bytes; io_uring needs at least {MEMLOCK_BYTES_MIN}: {fix}")));
     }
-    if cur < MEMLOCK_BYTES_PER_SHARD * shards {
+    // Root may lock more than its limit (CAP_IPC_LOCK): registering buffers works.
+    if !root && cur < MEMLOCK_BYTES_PER_SHARD * shards {
         warn!(
             "RLIMIT_MEMLOCK is {cur} bytes, less than the {} bytes {shards} shard(s) register; io_uring will run without \
              registered buffers (slower): {fix}",
@@ -548,8 +550,12 @@ pub fn start_traced(
             Err(err(e))
         }
         Err(_) => {
-            let r = handle.join();
-            Err(err(format!("the shard stopped while starting: {r:?}")))
+            let why = match handle.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => "it ended without saying why".into(),
+                Err(_) => "its thread panicked (see the message above)".into(),
+            };
+            Err(err(format!("the shard stopped while starting: {why}")))
         }
     }
 }

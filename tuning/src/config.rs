@@ -493,7 +493,8 @@ impl NodeConfig {
         if let Some(cpu) = self.cpu {
             let Some(c) = topology.cpu(cpu) else {
                 return Err(err(format!(
-                    "cpu {cpu} is not an online CPU of this machine (online: {}); pick one of those or leave cpu unset",
+                    "cpu {cpu} is not a CPU this process may run on (online and allowed: {}); pick one of those or \
+                     leave cpu unset",
                     topology.describe()
                 )));
             };

@@ -57,9 +57,28 @@ fn read_u32(path: PathBuf) -> Option<u32> {
 }
 
 impl Topology {
-    /// Reads the running machine's topology.
+    /// Reads the running machine's topology: its online CPUs that this process may
+    /// run on (a container or `taskset` may allow fewer than the machine has online;
+    /// pinning a shard to another fails).
     pub fn discover() -> Result<Topology, TopologyError> {
-        Topology::from_sysfs(Path::new("/sys/devices/system"))
+        let mut t = Topology::from_sysfs(Path::new("/sys/devices/system"))?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        t.keep_allowed(&status);
+        Ok(t)
+    }
+
+    /// Keeps the CPUs in `Cpus_allowed_list` of a `/proc/PID/status` text (all of them
+    /// when the line is missing or unreadable, or would leave none).
+    pub fn keep_allowed(&mut self, proc_status: &str) {
+        let allowed = proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .and_then(|list| parse_cpu_list(list.trim()));
+        if let Some(allowed) = allowed
+            && self.cpus.iter().any(|c| allowed.contains(&c.id))
+        {
+            self.cpus.retain(|c| allowed.contains(&c.id));
+        }
     }
 
     /// Reads a topology from a sysfs-shaped tree rooted at `root` (`.../system`).
@@ -132,6 +151,18 @@ mod tests {
         assert_eq!(parse_cpu_list(""), Some(vec![]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("a-b"), None);
+    }
+
+    #[test]
+    fn only_the_cpus_this_process_may_use_are_kept() {
+        let mut t = Topology { cpus: (0..4).map(|id| Cpu { id, core: id, package: 0, numa_node: id / 2 }).collect() };
+        let mut all = t.clone();
+        all.keep_allowed("Name:\tskiff\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\n");
+        assert_eq!(all.cpus.iter().map(|c| c.id).collect::<Vec<_>>(), [0, 1], "a container's two CPUs");
+        t.keep_allowed("Name:\tskiff\n");
+        assert_eq!(t.cpus.len(), 4, "no list: all kept");
+        t.keep_allowed("Cpus_allowed_list:\t9\n");
+        assert_eq!(t.cpus.len(), 4, "a list naming none of them is not believed");
     }
 
     #[test]

@@ -318,3 +318,45 @@ fn bootstrap_on_a_node_with_state_is_warned_about_and_a_flag_clears_it() {
     assert!(err.contains("holds no Raft state"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A locked-memory limit too low for the runtime is refused before anything starts,
+/// with the fix, whoever runs the node (the runtime refuses it for root too).
+#[test]
+fn a_memlock_limit_too_low_for_io_uring_is_refused_with_the_fix() {
+    use std::os::unix::process::CommandExt;
+    let d = dir("memlock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args([
+        "serve",
+        "--id",
+        "1",
+        "--cluster",
+        &format!("1=127.0.0.1:{}", crate::cluster::free_port()),
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d.to_string_lossy(),
+        "--bootstrap",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = lim.rlim_max.min(65536);
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run skiff");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("RLIMIT_MEMLOCK is ") && err.contains("io_uring needs") && err.contains("ulimit -l"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
