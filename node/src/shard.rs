@@ -298,6 +298,9 @@ pub struct Shard {
     snapdir: SnapshotDir,
     stop: Arc<AtomicBool>,
     published: Arc<metrics::Published>,
+    /// Every member of the cluster list with its address as configured, for the
+    /// member list `/status` shows (the group's voters and learners).
+    configured: Vec<metrics::Member>,
     /// Taken out while the loop waits on it, put back after.
     ops: RefCell<Option<OpsReceiver>>,
 }
@@ -497,6 +500,7 @@ impl Shard {
             transport,
             snapdir,
             stop,
+            configured: published.node().members,
             published,
             ops: RefCell::new(Some(ops)),
         }))
@@ -1677,6 +1681,21 @@ impl Shard {
         st.metrics.set_clients(st.clients as u64);
         let report = st.metrics.report(self.shard_status(st));
         self.published.publish(report);
+        // The group's members as of the latest applied membership change.
+        let cs = st.node.conf_state();
+        let addr = |id: NodeId| {
+            self.configured.iter().find(|m| m.id == id).map_or_else(
+                || self.p.members.iter().find(|(m, _)| *m == id).map(|(_, a)| a.to_string()).unwrap_or_default(),
+                |m| m.addr.clone(),
+            )
+        };
+        let members = cs
+            .voters
+            .iter()
+            .map(|&id| metrics::Member { id, addr: addr(id), learner: false })
+            .chain(cs.learners.iter().map(|&id| metrics::Member { id, addr: addr(id), learner: true }))
+            .collect();
+        self.published.set_members(members);
     }
 
     /// Status as of now (for tests).

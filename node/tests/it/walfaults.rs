@@ -141,6 +141,17 @@ fn a_lost_data_directory_is_refused_and_the_member_can_be_replaced() {
     // The replacement procedure (docs/operating.md): remove, start with --join, add.
     let (code, body) = http_post(&admin, &format!("/members/remove?id={target}"));
     assert_eq!(code, 200, "{body}");
+    // /status lists the group's members as of the applied change, not the cluster
+    // list the node started with.
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let status: String = http_get(&admin, "/status").split_whitespace().collect();
+        if !status.contains(&format!("\"id\":{target},\"addr\"")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member {target} still listed after its removal: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::fs::remove_dir_all(&c.node(target).dir).ok();
     c.launch(target, &["--join"]);
     let peer = c.node(target).peer.clone();
