@@ -236,6 +236,9 @@ struct State {
     applied: Index,
     next_request: u64,
     queued_writes: Vec<(u64, Entry)>,
+    /// Bytes of the entries in `queued_writes`: with no leader they pile up there, and
+    /// a count bound alone would let 65,536 writes of 8 MiB each hold 512 GiB.
+    queued_write_bytes: u64,
     writes: HashMap<u64, PendingWrite>,
     write_deadlines: VecDeque<(Instant, u64)>,
     queued_reads: Vec<u64>,
@@ -458,6 +461,7 @@ impl Shard {
             applied: meta.index,
             next_request: request_id_base(start),
             queued_writes: Vec::new(),
+            queued_write_bytes: 0,
             writes: HashMap::new(),
             write_deadlines: VecDeque::new(),
             queued_reads: Vec::new(),
@@ -588,6 +592,17 @@ impl Shard {
                         self.append_budget
                     )));
                 }
+                // Writes waiting for a leader are bounded in bytes as the leader bounds
+                // its uncommitted ones (max_uncommitted_bytes); an empty queue takes one
+                // write whatever its size.
+                let cap = self.p.engine.max_uncommitted_bytes;
+                if cap > 0 && st.queued_write_bytes > 0 && st.queued_write_bytes + size as u64 > cap {
+                    st.metrics.record_proposal_rejected(RejectReason::Overloaded);
+                    return Pending::Done(Reply::err(
+                        "OVERLOADED too many bytes of writes waiting for a leader; retry later",
+                    ));
+                }
+                st.queued_write_bytes += size as u64;
                 st.next_request += 1;
                 let slot = Rc::new(Slot::default());
                 let deadline = now + self.p.request_timeout;
@@ -727,6 +742,7 @@ impl Shard {
             r.slot.fill(Reply::err(msg));
         }
         st.queued_writes.clear();
+        st.queued_write_bytes = 0;
         st.queued_reads.clear();
         st.reads_by_index.clear();
         st.read_batches.clear();
@@ -1066,6 +1082,7 @@ impl Shard {
         if st.node.leader() == 0 {
             return;
         }
+        st.queued_write_bytes = 0;
         let mut queued = std::mem::take(&mut st.queued_writes).into_iter().peekable();
         while queued.peek().is_some() {
             let mut bytes = 0usize;
@@ -1199,6 +1216,8 @@ impl Shard {
         if writes_expired {
             let writes = &st.writes;
             st.queued_writes.retain(|(q, _)| writes.contains_key(q));
+            st.queued_write_bytes =
+                st.queued_writes.iter().map(|(_, e)| (e.data.len() + RECORD_HEADER_BYTES) as u64).sum();
         }
         if reads_expired {
             let reads = &st.reads;

@@ -387,6 +387,34 @@ fn a_burst_of_pipelined_reads_on_a_follower_is_served_promptly() {
     }
 }
 
+/// Writes waiting for a leader are bounded in bytes, not only in number: a node cut
+/// off from its peers answers -OVERLOADED once 256 MiB of them wait, instead of
+/// holding every large write it is sent.
+#[test]
+fn writes_waiting_for_a_leader_are_bounded_in_bytes() {
+    // A member of a three-node cluster started alone never has a leader.
+    let mut c = Cluster::new(3, &[]);
+    c.launch(1, &["--bootstrap"]);
+    let value = "v".repeat(3 << 20);
+    let n = 96; // 288 MiB of values, one write per connection so that all wait at once
+    let mut clients: Vec<_> = (0..n).map(|_| c.client(1)).collect();
+    for (i, p) in clients.iter_mut().enumerate() {
+        let mut req = bytes::BytesMut::new();
+        skiff_net::resp::encode_request(&["SET", &format!("k{i}"), &value], &mut req);
+        p.send_raw(&req).unwrap();
+    }
+    let (mut overloaded, mut tryagain) = (0, 0);
+    for (i, p) in clients.iter_mut().enumerate() {
+        match p.read_reply() {
+            Some(RespValue::Error(e)) if e.starts_with(b"OVERLOADED") => overloaded += 1,
+            Some(RespValue::Error(e)) if e.starts_with(b"TRYAGAIN") => tryagain += 1,
+            other => panic!("SET {i}: {other:?}"),
+        }
+    }
+    assert!(overloaded > 0 && tryagain > 0, "overloaded {overloaded}, waited {tryagain}");
+    assert!(tryagain <= 86, "at most 256 MiB of 3 MiB writes waited: {tryagain}");
+}
+
 #[test]
 fn redis_cli_sets_and_gets() {
     if Command::new("redis-cli").arg("--version").output().is_err() {
