@@ -29,6 +29,16 @@ pub const CLIENT_PIPELINE_MAX: usize = 1024;
 /// replies (1,024 GETs of a 4 MiB value) holds one reply at a time, not all of them.
 pub const CLIENT_REPLY_FLUSH_BYTES: usize = 1 << 20;
 
+/// Empties the reply buffer after a write; one that grew for a large reply is let go,
+/// so an idle connection does not keep the largest reply it ever sent (up to 64 MiB).
+fn reset_reply_buffer(out: &mut BytesMut) {
+    if out.capacity() > 4 * CLIENT_REPLY_FLUSH_BYTES {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
+}
+
 /// Appends the RESP2 encoding of `r` to `out`. Error and simple-string texts are
 /// single-line by construction (the command layer strips CR and LF).
 pub fn encode(r: &Reply, out: &mut BytesMut) {
@@ -135,7 +145,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }
-                out.clear();
+                reset_reply_buffer(&mut out);
             }
         }
         if let Some(e) = &protocol_error {
@@ -145,7 +155,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             if stream.write_all(&out).await.is_err() {
                 return;
             }
-            out.clear();
+            reset_reply_buffer(&mut out);
         }
         if quit || protocol_error.is_some() {
             if let Some(e) = protocol_error {

@@ -132,6 +132,18 @@ pub fn bind_listeners(cfg: &NodeConfig) -> Result<Listeners, StartError> {
     })
 }
 
+/// The capability to lock memory beyond RLIMIT_MEMLOCK (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether the `CapEff` line of a `/proc/PID/status` text holds CAP_IPC_LOCK (bit 14).
+fn has_ipc_lock(proc_status: &str) -> bool {
+    proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 /// Checks RLIMIT_MEMLOCK against what io_uring needs.
 pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -139,8 +151,9 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    // CAP_IPC_LOCK (not merely root: a container's root usually lacks it) lets the
+    // process lock more than its limit.
+    let can_lock = std::fs::read_to_string("/proc/self/status").ok().is_some_and(|s| has_ipc_lock(&s));
     let cur = lim.rlim_cur;
     if cur == libc::RLIM_INFINITY {
         return Ok(());
@@ -152,7 +165,7 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
         return Err(err(format!("RLIMIT_MEMLOCK is {cur} bytes; io_uring needs at least {MEMLOCK_BYTES_MIN}: {fix}")));
     }
     // Root may lock more than its limit (CAP_IPC_LOCK): registering buffers works.
-    if !root && cur < MEMLOCK_BYTES_PER_SHARD * shards {
+    if !can_lock && cur < MEMLOCK_BYTES_PER_SHARD * shards {
         warn!(
             "RLIMIT_MEMLOCK is {cur} bytes, less than the {} bytes {shards} shard(s) register; io_uring will run without \
              registered buffers (slower): {fix}",
@@ -370,8 +383,10 @@ pub(crate) fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Re
 pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, StartError> {
     let mut members = Vec::new();
     for (&id, addr) in &cfg.cluster {
-        members
-            .push((id, skiff_tuning::resolve(&format!("cluster member {id}"), addr).map_err(|e| err(e.to_string()))?));
+        members.push((
+            id,
+            skiff_tuning::resolve(&format!("cluster member {id}"), addr).map_err(|e| StartError(e.to_string(), e.1))?,
+        ));
     }
     let mut engine = skiff_engine::Config::new(cfg.id);
     engine.election_ticks = cfg.election_ticks;
@@ -615,6 +630,14 @@ async fn accept_clients(shard: Rc<Shard>, listener: TcpListener, stop: Arc<Atomi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipc_lock_capability_is_read_from_cap_eff() {
+        assert!(has_ipc_lock("Name:\tskiff\nCapEff:\t000001ffffffffff\n"), "full root");
+        assert!(!has_ipc_lock("CapEff:\t00000000a80425fb\n"), "a container's default root set");
+        assert!(!has_ipc_lock("CapEff:\t0000000000000000\n"));
+        assert!(!has_ipc_lock("Name:\tskiff\n"), "no line: assume it cannot");
+    }
 
     fn config(dir: &Path) -> NodeConfig {
         let mut t = toml::Table::new();

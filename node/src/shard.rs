@@ -49,6 +49,12 @@ pub type LogStorage = WalStorage<<WalFs as FileSystem>::File>;
 /// Messages taken from the transport per loop iteration: enough to drain a busy peer
 /// link in one go, few enough that ticks and clients are not starved.
 pub const INBOUND_BATCH_MAX: usize = 4096;
+/// A read-index request unanswered this long is asked again (etcd's server retries
+/// after 500 ms too): its message or the answer may have been dropped, or the leader
+/// restarted without this node seeing a change of leader. Asking again is safe: any
+/// index confirmed after a read arrived serves it.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+
 /// Snapshot bytes per chunk frame: bounded memory on both ends, and well under the
 /// peer frame cap.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -251,8 +257,10 @@ struct State {
     /// a follower relays one ReadIndex message per batch, not one per read, so a burst
     /// of reads cannot flood the peer's control lane).
     read_batches: HashMap<u64, Vec<u64>>,
-    /// When each batch may be forgotten (its reads have expired by then).
-    read_batch_deadlines: VecDeque<(Instant, u64)>,
+    /// When each batch was asked, oldest first: one unanswered after
+    /// [`READ_INDEX_RETRY`] is asked again (its message or the answer may have been
+    /// dropped, or the leader restarted without this node seeing a leader change).
+    read_batch_asked: VecDeque<(Instant, u64)>,
     clients: usize,
     last_tick: Instant,
     bytes_since_snapshot: u64,
@@ -469,7 +477,7 @@ impl Shard {
             read_deadlines: VecDeque::new(),
             reads_by_index: BTreeMap::new(),
             read_batches: HashMap::new(),
-            read_batch_deadlines: VecDeque::new(),
+            read_batch_asked: VecDeque::new(),
             clients: 0,
             last_tick: now,
             bytes_since_snapshot: 0,
@@ -746,7 +754,7 @@ impl Shard {
         st.queued_reads.clear();
         st.reads_by_index.clear();
         st.read_batches.clear();
-        st.read_batch_deadlines.clear();
+        st.read_batch_asked.clear();
     }
 
     /// Waits until something needs the loop: the doorbell, a peer message, a WAL
@@ -1144,7 +1152,7 @@ impl Shard {
         match st.node.read_index(batch) {
             Ok(()) => {
                 st.read_batches.insert(batch, reads);
-                st.read_batch_deadlines.push_back((now + self.p.request_timeout, batch));
+                st.read_batch_asked.push_back((now, batch));
             }
             Err(e) => {
                 for ctx in reads {
@@ -1162,13 +1170,19 @@ impl Shard {
     /// instead of waiting out their deadline. Asking again is safe: an index confirmed
     /// after the read arrived serves it linearizably.
     fn reask_reads(&self, st: &mut State) {
+        let batches: Vec<Vec<u64>> = st.read_batches.drain().map(|(_, ctxs)| ctxs).collect();
+        st.read_batch_asked.clear();
+        Self::requeue_reads(st, batches);
+    }
+
+    /// Puts the reads of dropped batches that still wait for an index back in the
+    /// queue, in arrival order, ahead of reads queued since.
+    fn requeue_reads(st: &mut State, batches: Vec<Vec<u64>>) {
         let mut again: Vec<u64> = Vec::new();
-        for (_, ctxs) in st.read_batches.drain() {
+        for ctxs in batches {
             again.extend(ctxs.into_iter().filter(|c| st.reads.get(c).is_some_and(|r| r.index.is_none())));
         }
-        st.read_batch_deadlines.clear();
         if !again.is_empty() {
-            // In arrival order, ahead of reads queued since.
             again.sort_unstable();
             again.append(&mut st.queued_reads);
             st.queued_reads = again;
@@ -1223,13 +1237,17 @@ impl Shard {
             let reads = &st.reads;
             st.queued_reads.retain(|q| reads.contains_key(q));
         }
-        while let Some(&(deadline, batch)) = st.read_batch_deadlines.front() {
-            if deadline > now {
+        let mut unanswered = Vec::new();
+        while let Some(&(asked, batch)) = st.read_batch_asked.front() {
+            if now.saturating_duration_since(asked) < READ_INDEX_RETRY {
                 break;
             }
-            st.read_batch_deadlines.pop_front();
-            st.read_batches.remove(&batch);
+            st.read_batch_asked.pop_front();
+            if let Some(ctxs) = st.read_batches.remove(&batch) {
+                unanswered.push(ctxs);
+            }
         }
+        Self::requeue_reads(st, unanswered);
     }
 
     async fn handle_readies(self: &Rc<Self>) -> Result<(), ShardError> {
@@ -1263,6 +1281,7 @@ impl Shard {
                 };
                 (rd, installing)
             };
+            let mut leader_changed = false;
             if let Some(ss) = rd.soft_state {
                 let mut st = self.st.borrow_mut();
                 st.metrics.record_leader(ss.leader, ss.role == Role::Leader);
@@ -1275,7 +1294,7 @@ impl Shard {
                         st.node.term()
                     );
                     st.leader = ss.leader;
-                    self.reask_reads(&mut st);
+                    leader_changed = true;
                 }
                 if ss.role != st.role && matches!(ss.role, Role::PreCandidate | Role::Candidate) {
                     info!(
@@ -1338,6 +1357,11 @@ impl Shard {
             }
             let mut st = self.st.borrow_mut();
             self.apply(&mut st, &mut rd, installing);
+            if leader_changed {
+                // After `apply`: read states this Ready carries were confirmed and
+                // serve their reads; the rest are asked again.
+                self.reask_reads(&mut st);
+            }
             st.node.advance_async(rd);
         }
     }

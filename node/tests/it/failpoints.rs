@@ -254,6 +254,30 @@ fn writes_survive_message_loss_and_delay() {
     converged(&mut c);
 }
 
+/// A read whose read-index request was lost is asked again, not left to wait out its
+/// deadline: a follower that cannot send to the leader (but still hears it, so sees
+/// no change of leader) serves a GET soon after the path is back.
+#[test]
+fn a_read_whose_read_index_was_lost_is_asked_again() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader(ELECTION);
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let mut w = c.client(leader);
+    assert_eq!(write_until_ok(&mut w, &["SET", "lost", "found"], ELECTION), ok());
+    // Let the follower apply it, so that only the read index is in question.
+    let mut r = c.client(follower);
+    assert_eq!(r.cmd(&["GET", "lost"]), bulk("found"));
+    c.arm(follower, &format!("partition?peers={leader}&dir=out"));
+    let mut get = bytes::BytesMut::new();
+    skiff_net::resp::encode_request(&["GET", "lost"], &mut get);
+    r.send_raw(&get).unwrap();
+    // The request goes out (and is dropped) well within this second; the default
+    // request deadline is 5 s, and a dropped request is asked again every 500 ms.
+    std::thread::sleep(Duration::from_secs(1));
+    c.arm(follower, "partition?action=off");
+    assert_eq!(r.read_reply(), Some(bulk("found")), "the read was asked again once the path was back");
+}
+
 #[test]
 fn failpoints_are_listed_and_bad_requests_are_refused() {
     let c = Cluster::start(1, FLAGS);
