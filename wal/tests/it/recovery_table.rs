@@ -208,6 +208,18 @@ fn one_segment(n: u64) -> Files {
     })
 }
 
+/// `files` with the header of segment `seq` zeroed (`zero`) or damaged.
+fn lose_header(files: &Files, seq: u64, zero: bool) -> Files {
+    let mut f = files.clone();
+    let seg = file(&mut f, seq);
+    if zero {
+        seg[..BLOCK_BYTES].fill(0);
+    } else {
+        seg[30] ^= 0x10;
+    }
+    f
+}
+
 #[test]
 fn rows_h4_h5_h5x_when_no_segment_is_active() {
     let files = one_segment(12);
@@ -217,26 +229,12 @@ fn rows_h4_h5_h5x_when_no_segment_is_active() {
     // With no intact segment header anywhere, the first batch was batch 1: batches
     // from 9 on were written after it was durable, so the header was damaged later.
     for zero in [false, true] {
-        let mut f = files.clone();
-        let seg = file(&mut f, first);
-        if zero {
-            seg[..BLOCK_BYTES].fill(0);
-        } else {
-            seg[30] ^= 0x10;
-        }
-        expect_corruption(recover(&f), first, 0, "H5x with no active segment");
+        expect_corruption(recover(&lose_header(&files, first, zero)), first, 0, "H5x with no active segment");
     }
     // A first write cut short: three batches in flight, header lost.
     let files = one_segment(3);
     for zero in [false, true] {
-        let mut f = files.clone();
-        let seg = file(&mut f, first);
-        if zero {
-            seg[..BLOCK_BYTES].fill(0);
-        } else {
-            seg[30] ^= 0x10;
-        }
-        let r = recover(&f).unwrap();
+        let r = recover(&lose_header(&files, first, zero)).unwrap();
         assert_eq!(r.last_index(), 0, "H4/H5: nothing was acknowledged");
         assert!(r.remove.contains(&first));
     }
