@@ -106,10 +106,34 @@ fn bad_flags_are_refused_clearly() {
     }
 }
 
+/// A TCP socket bound to a free loopback port without listening, and that port.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len`
+    // are valid for the sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        let rc = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(addr.sin_port))
+    }
+}
+
 #[test]
 fn an_unreachable_target_is_an_error_not_a_report() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port held by a socket that is bound but never listens: connections to it are
+    // refused, and no other test can start listening there meanwhile (a port merely
+    // free a moment ago was once taken by a node another test started).
+    let (_held, port) = bound_not_listening();
     let o = bench(&["--targets", &format!("127.0.0.1:{port}"), "--duration", "1", "--warmup", "0"]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
