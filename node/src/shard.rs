@@ -355,6 +355,12 @@ pub fn count_start(dir: &Path) -> Result<u64, ShardError> {
     Ok(now)
 }
 
+/// Bytes a client write's entry takes as a WAL record: what one log entry may hold
+/// (`append_budget`) and what writes waiting for a leader are bounded by.
+fn wal_record_bytes(e: &Entry) -> u64 {
+    (e.data.len() + RECORD_HEADER_BYTES) as u64
+}
+
 /// 16 random bits from the kernel (or, should getrandom fail, from the clock and the
 /// process id).
 fn random_u16() -> u64 {
@@ -591,8 +597,8 @@ impl Shard {
                 }
                 let id = st.next_request;
                 let entry = Entry::new(cmd.encode(Origin { node: self.p.node_id, request: id }));
-                let size = entry.data.len() + RECORD_HEADER_BYTES;
-                if size > self.append_budget {
+                let size = wal_record_bytes(&entry);
+                if size > self.append_budget as u64 {
                     st.metrics.record_proposal_rejected(RejectReason::TooLarge);
                     return Pending::Done(Reply::err(format!(
                         "ERR write too large: it encodes to {size} bytes, more than the {} one log entry may hold \
@@ -604,13 +610,13 @@ impl Shard {
                 // its uncommitted ones (max_uncommitted_bytes); an empty queue takes one
                 // write whatever its size.
                 let cap = self.p.engine.max_uncommitted_bytes;
-                if cap > 0 && st.queued_write_bytes > 0 && st.queued_write_bytes + size as u64 > cap {
+                if cap > 0 && st.queued_write_bytes > 0 && st.queued_write_bytes + size > cap {
                     st.metrics.record_proposal_rejected(RejectReason::Overloaded);
                     return Pending::Done(Reply::err(
                         "OVERLOADED too many bytes of writes waiting for a leader; retry later",
                     ));
                 }
-                st.queued_write_bytes += size as u64;
+                st.queued_write_bytes += size;
                 st.next_request += 1;
                 let slot = Rc::new(Slot::default());
                 let deadline = now + self.p.request_timeout;
@@ -910,7 +916,7 @@ impl Shard {
                     OpReply::Invalid { parameter: "to", reason: format!("{to} is this node, the leader already") }
                 }
                 Op::TransferLeader { to } => {
-                    if !st.node.conf_state().voters.contains(to) {
+                    if !role(to).0 {
                         OpReply::Invalid { parameter: "to", reason: format!("{to} is not a voter of this group") }
                     } else {
                         st.node.transfer_leadership(*to);
@@ -1230,8 +1236,7 @@ impl Shard {
         if writes_expired {
             let writes = &st.writes;
             st.queued_writes.retain(|(q, _)| writes.contains_key(q));
-            st.queued_write_bytes =
-                st.queued_writes.iter().map(|(_, e)| (e.data.len() + RECORD_HEADER_BYTES) as u64).sum();
+            st.queued_write_bytes = st.queued_writes.iter().map(|(_, e)| wal_record_bytes(e)).sum();
         }
         if reads_expired {
             let reads = &st.reads;
@@ -1726,12 +1731,9 @@ impl Shard {
         self.published.publish(report);
         // The group's members as of the latest applied membership change.
         let cs = st.node.conf_state();
-        let addr = |id: NodeId| {
-            self.configured.iter().find(|m| m.id == id).map_or_else(
-                || self.p.members.iter().find(|(m, _)| *m == id).map(|(_, a)| a.to_string()).unwrap_or_default(),
-                |m| m.addr.clone(),
-            )
-        };
+        // `configured` is this node's whole cluster list (`p.members` resolved); a
+        // member missing from it has no address here.
+        let addr = |id: NodeId| self.configured.iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default();
         let members = cs
             .voters
             .iter()
