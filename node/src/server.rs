@@ -61,6 +61,13 @@ fn err(s: impl Into<String>) -> StartError {
     StartError(s.into(), Persistence::Lasting)
 }
 
+impl From<skiff_tuning::ConfigError> for StartError {
+    /// Keeps whether the cause may clear (a host name that does not resolve yet).
+    fn from(e: skiff_tuning::ConfigError) -> StartError {
+        StartError(e.to_string(), e.1)
+    }
+}
+
 /// A stable 64-bit id for a cluster name (FNV-1a), carried in WAL segment headers,
 /// snapshot files and the peer handshake.
 pub fn cluster_id(name: &str) -> u64 {
@@ -123,7 +130,7 @@ fn bind(what: &str, key: &str, addr: SocketAddr) -> Result<TcpListener, StartErr
 
 /// Binds the client, peer and admin listeners of a validated configuration.
 pub fn bind_listeners(cfg: &NodeConfig) -> Result<Listeners, StartError> {
-    let resolve = |what: &str, a: &str| skiff_tuning::resolve(what, a).map_err(|e| StartError(e.to_string(), e.1));
+    let resolve = |what: &str, a: &str| skiff_tuning::resolve(what, a).map_err(StartError::from);
     let peer_addr = resolve("peer address", cfg.peer_addr().expect("validated"))?;
     Ok(Listeners {
         client: bind("client", "client_addr", resolve("client_addr", &cfg.client_addr)?)?,
@@ -137,10 +144,8 @@ const CAP_IPC_LOCK: u32 = 14;
 
 /// Whether the `CapEff` line of a `/proc/PID/status` text holds CAP_IPC_LOCK (bit 14).
 fn has_ipc_lock(proc_status: &str) -> bool {
-    proc_status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    skiff_tuning::topology::proc_status_field(proc_status, "CapEff")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
@@ -164,7 +169,8 @@ pub fn check_memlock(shards: u64) -> Result<(), StartError> {
     if cur < MEMLOCK_BYTES_MIN {
         return Err(err(format!("RLIMIT_MEMLOCK is {cur} bytes; io_uring needs at least {MEMLOCK_BYTES_MIN}: {fix}")));
     }
-    // Root may lock more than its limit (CAP_IPC_LOCK): registering buffers works.
+    // With CAP_IPC_LOCK the process may lock more than its limit: registering buffers
+    // works.
     if !can_lock && cur < MEMLOCK_BYTES_PER_SHARD * shards {
         warn!(
             "RLIMIT_MEMLOCK is {cur} bytes, less than the {} bytes {shards} shard(s) register; io_uring will run without \
@@ -383,10 +389,7 @@ pub(crate) fn write_durably(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Re
 pub fn shard_params(cfg: &NodeConfig, dir: PathBuf) -> Result<ShardParams, StartError> {
     let mut members = Vec::new();
     for (&id, addr) in &cfg.cluster {
-        members.push((
-            id,
-            skiff_tuning::resolve(&format!("cluster member {id}"), addr).map_err(|e| StartError(e.to_string(), e.1))?,
-        ));
+        members.push((id, skiff_tuning::resolve(&format!("cluster member {id}"), addr)?));
     }
     let mut engine = skiff_engine::Config::new(cfg.id);
     engine.election_ticks = cfg.election_ticks;

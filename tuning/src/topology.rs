@@ -30,6 +30,11 @@ pub enum TopologyError {
     Parse { path: PathBuf, text: String },
 }
 
+/// The value of field `key` in a `/proc/PID/status` text (`Key:\tvalue`), trimmed.
+pub fn proc_status_field<'a>(proc_status: &'a str, key: &str) -> Option<&'a str> {
+    proc_status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+}
+
 /// Parses a kernel CPU list such as `0-3,8,10-11`.
 pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     let mut out = Vec::new();
@@ -70,10 +75,7 @@ impl Topology {
     /// Keeps the CPUs in `Cpus_allowed_list` of a `/proc/PID/status` text (all of them
     /// when the line is missing or unreadable, or would leave none).
     pub fn keep_allowed(&mut self, proc_status: &str) {
-        let allowed = proc_status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .and_then(|list| parse_cpu_list(list.trim()));
+        let allowed = proc_status_field(proc_status, "Cpus_allowed_list").and_then(parse_cpu_list);
         if let Some(allowed) = allowed
             && self.cpus.iter().any(|c| allowed.contains(&c.id))
         {
