@@ -89,6 +89,8 @@ pub struct Plan {
     /// H4) or damaged (row H5): it is the one a torn first write would have left, so
     /// [`Replay::torn_activation`] checks it (row H5x) before it is removed.
     pub torn_activation: Option<u64>,
+    /// That segment's header is all zero (row H4), not damaged (row H5).
+    pub torn_activation_zeroed: bool,
     /// Later spares to remove (row H4).
     pub spares: Vec<u64>,
     /// Released segments caught before their recycling or removal finished (row H8).
@@ -172,6 +174,7 @@ pub fn plan(dir: &Path, identity: Identity, headers: &[(u64, HeaderRead)]) -> Re
                 }
                 if plan.torn_activation.is_none() {
                     plan.torn_activation = Some(*seq);
+                    plan.torn_activation_zeroed = matches!(h, HeaderRead::Spare);
                 } else if matches!(h, HeaderRead::Invalid) {
                     return Err(corruption(dir, *seq, 0, "damaged segment header after a spare or a torn segment"));
                 } else {
@@ -424,10 +427,21 @@ impl Replay {
         Ok(())
     }
 
+    /// First step for `plan.torn_activation`, from its first data block: when it
+    /// cannot hold an acknowledged batch ([`torn_activation_needs_scan`]) it is
+    /// recorded for removal and `false` returned — a clean start then never reads its
+    /// spare whole; otherwise `true`: read it whole for [`Replay::torn_activation`].
+    pub fn torn_activation_needs_data(&mut self, plan: &Plan, first_data_block: &[u8]) -> bool {
+        let Some(seq) = plan.torn_activation else { return false };
+        let header = if plan.torn_activation_zeroed { HeaderRead::Spare } else { HeaderRead::Invalid };
+        if torn_activation_needs_scan(&header, seq, first_data_block) {
+            return true;
+        }
+        self.out.remove.push(seq);
+        false
+    }
+
     /// Records spares (row H4) or released leftovers (row H8) to remove.
-    ///
-    /// (See also [`torn_activation_needs_scan`], which spares a clean start reading
-    /// the whole spare segment.)
     pub fn spares(&mut self, seqs: &[u64]) {
         self.out.remove.extend_from_slice(seqs);
     }
@@ -642,12 +656,8 @@ pub fn recover_files(
     }
     if let Some(seq) = plan.torn_activation {
         let data = content(seq);
-        let first = &data[(SEGMENT_DATA_OFFSET_BYTES as usize).min(data.len())..];
-        let header = &headers.iter().find(|(s, _)| *s == seq).expect("planned from these").1;
-        if torn_activation_needs_scan(header, seq, first) {
+        if replay.torn_activation_needs_data(&plan, &data[(SEGMENT_DATA_OFFSET_BYTES as usize).min(data.len())..]) {
             replay.torn_activation(seq, data)?;
-        } else {
-            replay.spares(&[seq]);
         }
     }
     replay.spares(&plan.spares);
@@ -687,7 +697,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.released, vec![1], "H8");
         assert_eq!(p.active.iter().map(|h| h.segment_seq).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(p.torn_activation, Some(4), "H5");
+        assert_eq!((p.torn_activation, p.torn_activation_zeroed), (Some(4), false), "H5");
         assert_eq!(p.spares, vec![5], "H4");
     }
 

@@ -788,12 +788,9 @@ impl<F: FileSystem + 'static> Wal<F> {
             let f = file_of(seq);
             let first =
                 f.read_at(SEGMENT_DATA_OFFSET_BYTES, BLOCK_BYTES).await.map_err(|e| io_err("read", &path, e))?;
-            let header = &headers.iter().find(|(s, _)| *s == seq).expect("planned from these").1;
-            if recovery::torn_activation_needs_scan(header, seq, &first) {
+            if replay.torn_activation_needs_data(&plan, &first) {
                 let data = read_whole(&*f, &path).await?;
                 replay.torn_activation(seq, &data)?;
-            } else {
-                replay.spares(&[seq]);
             }
         }
         replay.spares(&plan.spares);
