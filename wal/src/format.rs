@@ -19,7 +19,8 @@
 //!   0  [u8; 8]  magic "SKIFFWAL"
 //!   8  u32      format version (FORMAT_VERSION = 1); checked before the CRC so that a
 //!               newer layout is reported as "unknown version", not as corruption
-//!  12  u32      flags, 0
+//!  12  u32      flags: bit 0 RECYCLED (the file held an older segment, whose bytes
+//!               may follow this one's data); other bits 0, ignored when read
 //!  16  u64      cluster id        \
 //!  24  u64      shard id           } identity: a directory of another shard is refused
 //!  32  u64      node id           /
@@ -162,7 +163,15 @@ pub struct SegmentHeader {
     pub segment_seq: u64,
     pub first_index: Index,
     pub first_batch_seq: u64,
+    /// The file was recycled from an older segment: blocks after this segment's data
+    /// may hold that segment's bytes, which are neither this segment's nor damage.
+    pub recycled: bool,
 }
+
+/// Segment header flag: [`SegmentHeader::recycled`].
+pub const SEGMENT_FLAG_RECYCLED: u32 = 1;
+/// Offset of the flags word in the segment header.
+pub const SEGMENT_FLAGS_OFFSET: usize = 12;
 
 /// What block 0 of a segment file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,13 +195,28 @@ impl SegmentHeader {
         let b = &mut block[..SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&0u32.to_le_bytes());
+        let flags = if self.recycled { SEGMENT_FLAG_RECYCLED } else { 0 };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.identity.cluster_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.identity.shard_id.to_le_bytes());
         b[32..40].copy_from_slice(&self.identity.node_id.to_le_bytes());
         b[40..48].copy_from_slice(&self.segment_seq.to_le_bytes());
         b[48..56].copy_from_slice(&self.first_index.to_le_bytes());
         b[56..64].copy_from_slice(&self.first_batch_seq.to_le_bytes());
+        Self::seal(b);
+    }
+
+    /// Marks an encoded header (in `block`) as [`SegmentHeader::recycled`], for a
+    /// header encoded before the writer knew which spare it would go into.
+    pub fn mark_recycled(block: &mut [u8]) {
+        let at = SEGMENT_FLAGS_OFFSET;
+        let flags = u32_at(block, at) | SEGMENT_FLAG_RECYCLED;
+        block[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        Self::seal(block);
+    }
+
+    /// Writes the header checksum over bytes 0..64.
+    fn seal(b: &mut [u8]) {
         let crc = crc32c::crc32c(&b[0..64]);
         b[64..68].copy_from_slice(&crc.to_le_bytes());
     }
@@ -224,6 +248,7 @@ impl SegmentHeader {
             segment_seq: u64_at(head, 40),
             first_index: u64_at(head, 48),
             first_batch_seq: u64_at(head, 56),
+            recycled: u32_at(head, SEGMENT_FLAGS_OFFSET) & SEGMENT_FLAG_RECYCLED != 0,
         })
     }
 }
@@ -551,11 +576,18 @@ mod tests {
             segment_seq: 9,
             first_index: 100,
             first_batch_seq: 41,
+            recycled: false,
         };
         let mut block = vec![0u8; BLOCK_BYTES];
         assert_eq!(SegmentHeader::read(&block), HeaderRead::Spare);
         h.encode(&mut block);
         assert_eq!(SegmentHeader::read(&block), HeaderRead::Valid(h));
+        let mut marked = block.clone();
+        SegmentHeader::mark_recycled(&mut marked);
+        assert_eq!(SegmentHeader::read(&marked), HeaderRead::Valid(SegmentHeader { recycled: true, ..h }));
+        let mut encoded = vec![0u8; BLOCK_BYTES];
+        SegmentHeader { recycled: true, ..h }.encode(&mut encoded);
+        assert_eq!(encoded, marked, "marking an encoded header equals encoding it recycled");
         for at in 0..SEGMENT_HEADER_BYTES {
             let mut bad = block.clone();
             bad[at] ^= 0x40;

@@ -18,13 +18,14 @@
 //! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
 //! | B1  | intact batch (header CRC, seq = expected, every record CRC)      | apply its records |
-//! | B2  | zero block, end of file, or a stale batch of an older segment seq | end of this segment's data |
-//! | B3  | damaged batch (magic, CRC, seq, segment, length, record CRC)     | end of this segment's data (a tear or damage: see E*) |
+//! | B2  | zero block, end of file, a stale batch of an older segment seq, or (in a segment whose header says recycled) a block with no batch header | end of this segment's data |
+//! | B3  | damaged batch (magic or header CRC outside a recycled segment; seq, length, record CRC) | end of this segment's data (a tear or damage: see E*) |
 //! | E1  | middle segment ends at batch `n`, next segment starts at `n + 1` | continue with the next segment |
 //! | E2  | middle segment ends anywhere else                                | corruption at the end offset |
 //! | E3  | last segment's data ends before batch `e`, then an intact batch `>= e + APPENDS_IN_FLIGHT_MAX` | corruption at the end offset (that batch was only written after batch `e` was durable) |
-//! | E4  | last segment ends at a damaged batch (not E3)                    | torn tail: drop from that offset, log file and offset, zero the region before appending |
+//! | E4  | last segment ends at a damaged batch (not E3, not E6)            | torn tail: drop from that offset, log file and offset, zero the region before appending |
 //! | E5  | last segment ends at zeroes or end of file (not E3)              | clean end: append from there (zeroing any stale bytes after it) |
+//! | E6  | last segment ends at a damaged batch, and the next segment's first write had begun (H5, or H4 with a batch of its own at the data offset) | corruption at the end offset (a segment's first write waits for every batch before it to be durable) |
 //! | R1  | entry at index `<= last + 1`, above the compaction point         | append; a later append at the same index supersedes the suffix |
 //! | R2  | entry index leaves a gap, or is at or below the compaction point | corruption at the record |
 //! | R3  | hard state                                                       | the latest wins |
@@ -256,8 +257,14 @@ impl Recovered {
 enum BatchParse<'a> {
     Zero,
     Stale,
+    /// No batch header (magic or header checksum wrong): a torn write, or in a
+    /// recycled file the middle of an older segment's batch.
+    Unreadable,
     Damaged(String),
-    Intact { header: BatchHeader, records: Vec<(RecordView<'a>, usize, usize)> },
+    Intact {
+        header: BatchHeader,
+        records: Vec<(RecordView<'a>, usize, usize)>,
+    },
 }
 
 /// Parses the batch at `off` of segment `seq` (rows B1 to B3, R6).
@@ -267,7 +274,7 @@ fn parse_batch<'a>(dir: &Path, seq: u64, data: &'a [u8], off: usize) -> Result<B
         return Ok(BatchParse::Zero);
     }
     let Some(header) = BatchHeader::decode(&data[off..]) else {
-        return Ok(BatchParse::Damaged("batch header magic or checksum mismatch".into()));
+        return Ok(BatchParse::Unreadable);
     };
     if header.segment_seq != seq {
         // Left over from this file's life as an older, recycled segment.
@@ -377,6 +384,14 @@ impl Replay {
             let e = self.expected.expect("set above");
             match parse_batch(&self.dir, seq, data, off)? {
                 BatchParse::Zero | BatchParse::Stale => break,
+                // Row B2: a recycled file's older bytes; where they start is where
+                // this segment's data ends. (A torn write there whose header block
+                // never landed looks the same; it was never acknowledged either.)
+                BatchParse::Unreadable if header.recycled => break,
+                BatchParse::Unreadable => {
+                    damage = Some("batch header magic or checksum mismatch".to_string());
+                    break;
+                }
                 BatchParse::Damaged(why) => {
                     damage = Some(why);
                     break;
@@ -413,6 +428,22 @@ impl Replay {
     /// With no active segment at all, no segment header was ever durable, so the
     /// first batch the WAL wrote is batch 1.
     pub fn torn_activation(&mut self, seq: u64, data: &[u8]) -> Result<(), WalError> {
+        if let Some((pseq, poff, Some(why))) = &self.prev_end {
+            // Row E6: this segment's first write had started (its header is damaged, or
+            // its first batch is there), and that write waits for every batch before it
+            // to be durable: the damage at the end of the previous segment is not a
+            // torn write but durable data gone bad.
+            return Err(corruption(
+                &self.dir,
+                *pseq,
+                *poff,
+                format!(
+                    "{why}, yet {} had begun its first write, which starts only once every \
+                     batch before it is durable",
+                    format::segment_name(seq)
+                ),
+            ));
+        }
         let e = self.expected.unwrap_or(1);
         lookahead(&self.dir, seq, data, SEGMENT_DATA_OFFSET_BYTES as usize, e, Some("damaged segment header"))
             .map_err(|_| {
@@ -680,7 +711,13 @@ mod tests {
     const ID: Identity = Identity { cluster_id: 1, shard_id: 2, node_id: 3 };
 
     fn valid(seq: u64) -> HeaderRead {
-        HeaderRead::Valid(SegmentHeader { identity: ID, segment_seq: seq, first_index: 1, first_batch_seq: 1 })
+        HeaderRead::Valid(SegmentHeader {
+            identity: ID,
+            segment_seq: seq,
+            first_index: 1,
+            first_batch_seq: 1,
+            recycled: false,
+        })
     }
 
     fn dir() -> PathBuf {

@@ -276,7 +276,9 @@ struct State<F: FileSystem> {
     finished_early: std::collections::BTreeSet<u64>,
     active: Option<Rc<F::File>>,
     // Segments.
-    spares: VecDeque<(u64, Rc<F::File>)>,
+    /// Ready spares: seq, file, and whether it was recycled (it holds an older
+    /// segment's bytes, which its header must say; see `SegmentHeader::recycled`).
+    spares: VecDeque<(u64, Rc<F::File>, bool)>,
     spare_error: Option<String>,
     /// The spare target was reached once: from then on new zeroed segments are only
     /// made when no spare is left, and otherwise spares come from recycling, so that
@@ -437,7 +439,7 @@ async fn writer_task<F: FileSystem + 'static>(inner: Rc<Inner<F>>) {
         inner
             .wait(Slot::Writer, |st| st.stopped.is_some() || st.closing || (!st.queue.is_empty() && st.writing < depth))
             .await;
-        let p = {
+        let mut p = {
             let mut st = inner.st.borrow_mut();
             if st.stopped.is_some() || st.closing {
                 return;
@@ -468,8 +470,11 @@ async fn writer_task<F: FileSystem + 'static>(inner: Rc<Inner<F>>) {
                 ));
                 return;
             }
-            let (seq, file) = st.spares.pop_front().expect("checked");
+            let (seq, file, recycled) = st.spares.pop_front().expect("checked");
             assert_eq!(seq, p.segment_seq, "spares are activated in order");
+            if recycled {
+                SegmentHeader::mark_recycled(&mut p.buf.as_mut_slice()[..BLOCK_BYTES]);
+            }
             st.active = Some(file.clone());
             st.segments.push_back(seq);
             inner.log.borrow_mut().files.insert(seq, file);
@@ -645,14 +650,14 @@ async fn housekeeper_task<F: FileSystem>(inner: Rc<Inner<F>>) {
             let made = match released {
                 Some(old) => {
                     inner.st.borrow_mut().released.pop_front();
-                    recycle_segment(&inner, old, seq).await
+                    recycle_segment(&inner, old, seq).await.map(|f| (f, true))
                 }
-                None => create_segment(&inner, seq).await,
+                None => create_segment(&inner, seq).await.map(|f| (f, false)),
             };
             match made {
-                Ok(file) => {
+                Ok((file, recycled)) => {
                     let mut st = inner.st.borrow_mut();
-                    st.spares.push_back((seq, Rc::new(file)));
+                    st.spares.push_back((seq, Rc::new(file), recycled));
                     if st.spares.len() >= inner.opts.spare_segments {
                         st.spares_filled = true;
                     }
@@ -1069,8 +1074,15 @@ impl<F: FileSystem> Wal<F> {
                 (None, Some(e)) => e.index.min(log.last_index() + 1),
                 (None, None) => log.last_index() + 1,
             };
-            SegmentHeader { identity: inner.opts.identity, segment_seq: seg_seq, first_index, first_batch_seq: seq }
-                .encode(&mut bytes[..BLOCK_BYTES]);
+            // `recycled` is set by the writer, which knows the spare this goes into.
+            SegmentHeader {
+                identity: inner.opts.identity,
+                segment_seq: seg_seq,
+                first_index,
+                first_batch_seq: seq,
+                recycled: false,
+            }
+            .encode(&mut bytes[..BLOCK_BYTES]);
         }
         let mut placed = Vec::with_capacity(a.entries.len());
         let seed = format::encode_batch(&mut bytes[batch_at..], seq, seg_seq, &recs, &mut placed);

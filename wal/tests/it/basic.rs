@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use skiff_engine::{ConfState, HardState, SnapshotMeta, Storage, StorageError};
-use skiff_wal::format::{self, BLOCK_BYTES, FORMAT_VERSION, SegmentHeader};
+use skiff_wal::format::{self, BLOCK_BYTES, FORMAT_VERSION, HeaderRead, SegmentHeader};
 use skiff_wal::{Append, DmaFs, Identity, SimFs, Wal, WalError, WalOptions};
 
 use crate::common::{IDENT, Model, TestDir, ent, run, sim_dir, small_opts};
@@ -195,6 +195,19 @@ fn compaction_releases_whole_segments_and_recovery_needs_none_of_them() {
         wal.close().await.unwrap();
         let after: Vec<String> = fs.files_in(&dir).into_iter().map(|f| f.0).collect();
         assert!(!after.contains(&before[0]), "the first segment was released: {before:?} -> {after:?}");
+        // Segments activated from recycled spares say so in their headers (recovery
+        // takes bytes without a batch header after their data for the older life's);
+        // those created zero-filled do not.
+        let recycled: Vec<(String, bool)> = fs
+            .files_in(&dir)
+            .into_iter()
+            .filter_map(|(name, data)| match SegmentHeader::read(&data) {
+                HeaderRead::Valid(h) => Some((name, h.recycled)),
+                _ => None,
+            })
+            .collect();
+        assert!(recycled.iter().any(|r| r.1), "a recycled spare was activated: {recycled:?}");
+        assert!(recycled.iter().any(|r| !r.1), "and a zero-filled one: {recycled:?}");
         let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
         model.assert_storage(&wal.storage());
         assert_eq!(wal.storage().first_index(), 46);
@@ -423,7 +436,8 @@ fn bad_data_dirs_get_operator_errors() {
         // An unknown format version.
         let fs = SimFs::new();
         let mut block = vec![0u8; BLOCK_BYTES];
-        SegmentHeader { identity: IDENT, segment_seq: 1, first_index: 1, first_batch_seq: 1 }.encode(&mut block);
+        SegmentHeader { identity: IDENT, segment_seq: 1, first_index: 1, first_batch_seq: 1, recycled: false }
+            .encode(&mut block);
         block[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&block[0..64]);
         block[64..68].copy_from_slice(&crc.to_le_bytes());

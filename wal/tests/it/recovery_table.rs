@@ -4,7 +4,7 @@
 //! and the offset.
 
 use skiff_engine::{ConfState, Entry, HardState, SnapshotMeta};
-use skiff_wal::format::{self, APPENDS_IN_FLIGHT_MAX, BLOCK_BYTES, BatchHeader, RecordRef};
+use skiff_wal::format::{self, APPENDS_IN_FLIGHT_MAX, BLOCK_BYTES, BatchHeader, RecordRef, SegmentHeader};
 use skiff_wal::recovery::{Recovered, classify_listing, recover_files};
 use skiff_wal::{Append, Identity, SimFs, Wal, WalError};
 
@@ -294,6 +294,64 @@ fn rows_b3_e2_e3_e4_damaged_batches() {
     let at = *batches(seg).last().unwrap();
     seg[at + 50] ^= 0xFF;
     expect_corruption(recover(&f), 2, at as u64, "E2");
+}
+
+/// B2 in a recycled segment, B3/E4 outside one: the block after the last batch holds
+/// bytes that are no batch header (the middle of an older segment's batch, or a
+/// write whose header block never landed).
+#[test]
+fn rows_b2_b3_e4_bytes_without_a_batch_header_after_the_data() {
+    let (files, model) = base(false);
+    let segs = segments(&files);
+    let last = segs[segs.len() - 2];
+    let end = recover(&files).unwrap().tail.unwrap().offset as usize;
+    let mut f = files.clone();
+    let seg = file(&mut f, last);
+    assert!(end + BLOCK_BYTES <= seg.len(), "room after the data");
+    seg[end..end + BLOCK_BYTES].fill(0xA5);
+    let r = recover(&f).unwrap();
+    let t = r.torn_tail.as_ref().expect("B3/E4: a fresh segment has nothing but zeroes after its data");
+    assert_eq!(t.offset as usize, end);
+    assert!(model.matches(&r), "E4: nothing acknowledged is lost");
+    // The same bytes in a segment whose header says recycled: an older life's bytes.
+    SegmentHeader::mark_recycled(&mut file(&mut f, last)[..BLOCK_BYTES]);
+    let r = recover(&f).unwrap();
+    assert_eq!(r.torn_tail, None, "B2: a recycled file's older bytes are no tear");
+    assert!(model.matches(&r));
+    assert_eq!(r.tail.unwrap().offset as usize, end, "appending resumes right after the data");
+    // A batch of this segment's own, damaged, is still a torn tail in a recycled file.
+    let seg = file(&mut f, last);
+    let at = *batches(seg).last().unwrap();
+    seg[at + 100] ^= 0xFF;
+    let r = recover(&f).unwrap();
+    assert_eq!(r.torn_tail.map(|t| t.offset as usize), Some(at), "E4 in a recycled segment");
+}
+
+/// E6: damage at the end of the last segment while the next segment's first write had
+/// begun. That write waits for every earlier batch to be durable, so the damage hit
+/// durable data: refused, where without the begun activation it is a torn tail (E4).
+#[test]
+fn row_e6_damage_before_a_begun_activation() {
+    let (files, _) = base(false);
+    let segs = segments(&files);
+    let (last, spare) = (segs[segs.len() - 2], segs[segs.len() - 1]);
+    let mut f = files.clone();
+    let seg = file(&mut f, last);
+    let at = *batches(seg).last().unwrap();
+    seg[at + 100] ^= 0xFF;
+    assert!(recover(&f).unwrap().torn_tail.is_some(), "E4 while the spare is untouched");
+    // H5: the spare's header block partly written.
+    let mut g = f.clone();
+    file(&mut g, spare)[..64].fill(0x5A);
+    expect_corruption(recover(&g), last, at as u64, "E6 with H5");
+    // H4 with the spare's own first batch at the data offset: its header block lost.
+    let mut g = f.clone();
+    let r = recover(&files).unwrap();
+    let records = [RecordRef::Entry(&ent(r.last_index() + 1, 2, 100))];
+    let mut buf = vec![0u8; format::batch_padded_bytes(&records)];
+    format::encode_batch(&mut buf, r.next_batch_seq, spare, &records, &mut Vec::new());
+    file(&mut g, spare)[BLOCK_BYTES..BLOCK_BYTES + buf.len()].copy_from_slice(&buf);
+    expect_corruption(recover(&g), last, at as u64, "E6 with H4");
 }
 
 #[test]
