@@ -272,7 +272,7 @@ impl FrameDecoder {
         }
         let mut frame = buf.split_to(frame_len);
         let body = frame.split_off(FRAME_HEADER_BYTES).freeze();
-        if crc32c::crc32c(&body) != body_crc {
+        if body_crc32c(&body) != body_crc {
             return Err(FrameError::BodyChecksum);
         }
         Ok(Some(Frame { kind, body }))
@@ -311,14 +311,35 @@ impl FrameDecoder {
 /// # Panics
 /// If `body` is longer than the u32 length field.
 pub fn encode_frame(kind: FrameKind, body: &[u8], out: &mut BytesMut) {
-    let header = FrameHeader::new(kind, body.len(), crc32c::crc32c(body));
+    let header = FrameHeader::new(kind, body.len(), body_crc32c(body));
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(body);
+}
+
+/// CRC32C of a contiguous frame body. crc-fast folds 64 bytes at a time with
+/// carry-less multiplication: on the development VM 60-85 GB/s on 4 KiB to 1 MiB
+/// against 19-23 GB/s for the crc32c crate's three interleaved `crc32` streams, and no
+/// slower on 100 bytes. A received append's body is checked whole, so this is most of
+/// what checking it costs.
+pub fn body_crc32c(body: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_checksum_is_crc32c_at_every_length_and_alignment() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let lengths = (0..=300).chain([511, 512, 513, 4095, 4096, 4097, 65_537, 299_990]);
+        for len in lengths {
+            for off in [0, 1, 7] {
+                let b = &data[off..off + len];
+                assert_eq!(body_crc32c(b), crc32c::crc32c(b), "length {len} at offset {off}");
+            }
+        }
+    }
 
     fn frame(kind: FrameKind, body: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
