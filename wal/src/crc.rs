@@ -1,4 +1,4 @@
-//! CRC32C of several short records at once.
+//! CRC32C of records: several short ones at once, long ones by folding.
 //!
 //! Each record carries its own CRC32C (`format.rs`), and a batch of small entries has
 //! hundreds of them. For a ~120-byte record the crc32c crate's hardware path is bound
@@ -6,6 +6,23 @@
 //! for the previous result); the CPU can start one such instruction every cycle. Three
 //! records interleaved keep it busy: about a third of the time per record. The values
 //! are exactly `crc32c::crc32c_append`'s.
+
+/// Records whose checksummed bytes reach this are checksummed by crc-fast, which folds
+/// 64 bytes at a time with carry-less multiplication (PCLMULQDQ, VPCLMULQDQ): 42 GB/s
+/// on 512 bytes and 85 GB/s on 1 MiB on the development VM, against 18 and 23 GB/s
+/// for the crc32c crate (a 1 MiB record: 12 us instead of 45). Below it, the fixed
+/// cost per call dominates and the three-record interleave wins.
+pub const FOLD_BYTES_MIN: usize = 512;
+
+/// `crc32c::crc32c_append(seed, data)`, by folding from [`FOLD_BYTES_MIN`] bytes on.
+pub fn crc32c_append(seed: u32, data: &[u8]) -> u32 {
+    if data.len() < FOLD_BYTES_MIN {
+        return crc32c::crc32c_append(seed, data);
+    }
+    let mut d = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!seed));
+    d.update(data);
+    d.finalize() as u32
+}
 
 /// `[crc32c_append(seed, bufs[0]), crc32c_append(seed, bufs[1]), crc32c_append(seed, bufs[2])]`.
 pub fn crc32c_append_x3(seed: u32, bufs: [&[u8]; 3]) -> [u32; 3] {
@@ -60,6 +77,19 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_matches_the_crc32c_crate() {
+        let data: Vec<u8> = (0..(1u32 << 20) + 9).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for seed in [0u32, 1, 0xdead_beef, u32::MAX] {
+            for len in [0, 100, 511, 512, 513, 4096, 65_536 + 3, 1 << 20] {
+                for off in [0, 5] {
+                    let b = &data[off..off + len];
+                    assert_eq!(crc32c_append(seed, b), crc32c::crc32c_append(seed, b), "seed {seed:#x} length {len}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn matches_the_crc32c_crate_for_every_length_mix() {

@@ -369,8 +369,9 @@ pub fn encode_batch(
     let count = u32::try_from(records.len()).expect("record count fits u32");
     let seed = BatchHeader::encode(out, batch_seq, segment_seq, body_bytes, count);
     let mut at = BATCH_HEADER_BYTES;
-    // Each record's CRC covers bytes 4.. of it, seeded with the header's. Finished
-    // records wait here to be checksummed three at a time (`crc.rs`).
+    // Each record's CRC covers bytes 4.. of it, seeded with the header's. Short
+    // finished records wait here to be checksummed three at a time, long ones are
+    // checksummed at once by folding (`crc.rs`).
     let mut unsummed = [(0usize, 0usize); 3];
     let mut n_unsummed = 0;
     for r in records {
@@ -419,6 +420,12 @@ pub fn encode_batch(
                     p += 8;
                 }
             }
+        }
+        if len - 4 >= crate::crc::FOLD_BYTES_MIN {
+            let crc = crate::crc::crc32c_append(seed, &out[at + 4..at + len]);
+            out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+            at += len;
+            continue;
         }
         unsummed[n_unsummed] = (at, at + len);
         n_unsummed += 1;
@@ -476,7 +483,7 @@ pub fn decode_record(b: &[u8], seed: u32) -> Result<(RecordView<'_>, usize), Rec
     if b.len() < len {
         return Err(RecordFault::Truncated);
     }
-    if crc32c::crc32c_append(seed, &b[4..len]) != u32_at(b, 0) {
+    if crate::crc::crc32c_append(seed, &b[4..len]) != u32_at(b, 0) {
         return Err(RecordFault::Checksum);
     }
     let term = u64_at(b, 12);
