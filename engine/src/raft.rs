@@ -18,6 +18,9 @@ use crate::types::{
     Snapshot, SoftState, Term, decode_election_timeout,
 };
 
+// The refusal of an election-timeout entry names this bound by value, for the operator.
+const _: () = assert!(ELECTION_TICKS_MAX == 1_048_576, "update the election-timeout refusal message");
+
 /// Largest term or index a message may carry. No real log or term sequence gets near
 /// 2^62; refusing larger values keeps `index + 1` and `term + 1` from ever overflowing
 /// on input a peer controls.
@@ -1118,7 +1121,7 @@ impl<S: Storage> Raft<S> {
             EntryKind::ElectionTimeout => match decode_election_timeout(&e.data) {
                 Some(t) if u64::from(t) > self.heartbeat_timeout && t <= ELECTION_TICKS_MAX => Ok(()),
                 _ => Err(RequestError::Invalid(
-                    "election timeout must exceed the heartbeat interval and be at most ELECTION_TICKS_MAX ticks",
+                    "election timeout must exceed the heartbeat interval and be at most 1048576 ticks",
                 )),
             },
         }
