@@ -18,14 +18,14 @@
 //! | H8  | zero or damaged header before the first active segment           | released segment caught mid-recycle: remove (F1 still guards) |
 //! | H7  | active segment seqs not consecutive                              | corruption: segment missing |
 //! | B1  | intact batch (header CRC, seq = expected, every record CRC)      | apply its records |
-//! | B2  | zero block, end of file, a stale batch of an older segment seq, or (in a segment whose header says recycled) a block with no batch header | end of this segment's data |
-//! | B3  | damaged batch (magic or header CRC outside a recycled segment; seq, length, record CRC) | end of this segment's data (a tear or damage: see E*) |
+//! | B2  | zero block, end of file, a stale batch of an older segment seq, or (in a segment whose header says recycled) a block without the batch magic | end of this segment's data |
+//! | B3  | damaged batch (no magic outside a recycled segment; header CRC, seq, length, record CRC) | end of this segment's data (a tear or damage: see E*) |
 //! | E1  | middle segment ends at batch `n`, next segment starts at `n + 1` | continue with the next segment |
 //! | E2  | middle segment ends anywhere else                                | corruption at the end offset |
 //! | E3  | last segment's data ends before batch `e`, then an intact batch `>= e + APPENDS_IN_FLIGHT_MAX` | corruption at the end offset (that batch was only written after batch `e` was durable) |
 //! | E4  | last segment ends at a damaged batch (not E3, not E6)            | torn tail: drop from that offset, log file and offset, zero the region before appending |
 //! | E5  | last segment ends at zeroes or end of file (not E3)              | clean end: append from there (zeroing any stale bytes after it) |
-//! | E6  | last segment ends at a damaged batch, and the next segment's first write had begun (H5, or H4 with a batch of its own at the data offset) | corruption at the end offset (a segment's first write waits for every batch before it to be durable) |
+//! | E6  | last segment's data ends before batch `e`, and the next segment (H4/H5) holds its first batch `f > e` at the data offset | corruption at the end offset (a segment's first write, with batch `f`, waits for every batch before `f` to be durable) |
 //! | R1  | entry at index `<= last + 1`, above the compaction point         | append; a later append at the same index supersedes the suffix |
 //! | R2  | entry index leaves a gap, or is at or below the compaction point | corruption at the record |
 //! | R3  | hard state                                                       | the latest wins |
@@ -257,8 +257,8 @@ impl Recovered {
 enum BatchParse<'a> {
     Zero,
     Stale,
-    /// No batch header (magic or header checksum wrong): a torn write, or in a
-    /// recycled file the middle of an older segment's batch.
+    /// No batch header, not even its magic: a torn write whose header block never
+    /// landed, or in a recycled file the middle of an older segment's batch.
     Unreadable,
     Damaged(String),
     Intact {
@@ -274,6 +274,11 @@ fn parse_batch<'a>(dir: &Path, seq: u64, data: &'a [u8], off: usize) -> Result<B
         return Ok(BatchParse::Zero);
     }
     let Some(header) = BatchHeader::decode(&data[off..]) else {
+        if data[off..].starts_with(&format::BATCH_MAGIC) {
+            // A batch header with a bad checksum: a header of this segment gone bad
+            // (an older life's would still check), whatever the file's history.
+            return Ok(BatchParse::Damaged("batch header checksum mismatch".into()));
+        }
         return Ok(BatchParse::Unreadable);
     };
     if header.segment_seq != seq {
@@ -389,7 +394,7 @@ impl Replay {
                 // never landed looks the same; it was never acknowledged either.)
                 BatchParse::Unreadable if header.recycled => break,
                 BatchParse::Unreadable => {
-                    damage = Some("batch header magic or checksum mismatch".to_string());
+                    damage = Some("no batch header (magic mismatch)".to_string());
                     break;
                 }
                 BatchParse::Damaged(why) => {
@@ -428,18 +433,25 @@ impl Replay {
     /// With no active segment at all, no segment header was ever durable, so the
     /// first batch the WAL wrote is batch 1.
     pub fn torn_activation(&mut self, seq: u64, data: &[u8]) -> Result<(), WalError> {
-        if let Some((pseq, poff, Some(why))) = &self.prev_end {
-            // Row E6: this segment's first write had started (its header is damaged, or
-            // its first batch is there), and that write waits for every batch before it
-            // to be durable: the damage at the end of the previous segment is not a
-            // torn write but durable data gone bad.
+        // Row E6: this segment's first write had begun with batch `f` (its first batch
+        // is there), and that write is issued only once every batch before `f` is
+        // durable: the previous segment must hold them all, like a middle segment (E2).
+        let first_batch = data
+            .get(SEGMENT_DATA_OFFSET_BYTES as usize..)
+            .and_then(BatchHeader::decode)
+            .filter(|h| h.segment_seq == seq)
+            .map(|h| h.batch_seq);
+        if let (Some(f), Some(e), Some((pseq, poff, why))) = (first_batch, self.expected, &self.prev_end)
+            && f > e
+        {
+            let what = why.as_deref().unwrap_or("segment data ends");
             return Err(corruption(
                 &self.dir,
                 *pseq,
                 *poff,
                 format!(
-                    "{why}, yet {} had begun its first write, which starts only once every \
-                     batch before it is durable",
+                    "{what} before batch {e}, yet {} began its first write with batch {f}, which is \
+                     issued only once every batch before it is durable",
                     format::segment_name(seq)
                 ),
             ));

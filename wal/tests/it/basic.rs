@@ -6,6 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use skiff_engine::{ConfState, HardState, SnapshotMeta, Storage, StorageError};
 use skiff_wal::format::{self, BLOCK_BYTES, FORMAT_VERSION, HeaderRead, SegmentHeader};
+use skiff_wal::recovery::recover_files;
 use skiff_wal::{Append, DmaFs, Identity, SimFs, Wal, WalError, WalOptions};
 
 use crate::common::{IDENT, Model, TestDir, ent, run, sim_dir, small_opts};
@@ -217,6 +218,71 @@ fn compaction_releases_whole_segments_and_recovery_needs_none_of_them() {
             Err(StorageError::SnapshotTemporarilyUnavailable),
             "the node hands the snapshot file over after a restart"
         );
+    });
+}
+
+/// A recycled segment keeps its older life's batches past the new data. When the new
+/// data ends inside one of them, a restart must not take the rest for a torn tail (row
+/// B2): the segment's header says it was recycled. Cleared, the same bytes are
+/// reported (E4), which shows the directory does hold such a tail.
+#[test]
+fn a_restart_in_a_recycled_segment_reports_no_torn_tail() {
+    run(async {
+        let fs = SimFs::new();
+        let dir = sim_dir();
+        let mut model = Model::default();
+        let wal = Wal::open(fs.clone(), small_opts(&dir)).await.unwrap();
+        let mut i = 0;
+        // Two-block batches fill several segments; a snapshot then releases them.
+        for _ in 0..40 {
+            i += 1;
+            let e = [ent(i, 1, 6000)];
+            submit(&wal, &mut model, Append { entries: &e, must_sync: true, ..Default::default() }).await;
+            wal.next_completion().await.unwrap();
+        }
+        let m = meta(i, 1);
+        submit(&wal, &mut model, Append { compact: Some(&m), must_sync: true, ..Default::default() }).await;
+        wal.next_completion().await.unwrap();
+        // One-block batches until the active segment is a recycled one whose new data
+        // ends at an even block: inside an older two-block batch.
+        let active = |fs: &SimFs| {
+            let mut segs: Vec<(SegmentHeader, Vec<u8>)> = fs
+                .files_in(&dir)
+                .into_iter()
+                .filter_map(|(_, data)| match SegmentHeader::read(&data) {
+                    HeaderRead::Valid(h) => Some((h, data)),
+                    _ => None,
+                })
+                .collect();
+            segs.sort_by_key(|(h, _)| h.segment_seq);
+            segs.pop().expect("an active segment")
+        };
+        loop {
+            i += 1;
+            assert!(i < 400, "no recycled segment was activated");
+            let e = [ent(i, 1, 3000)];
+            submit(&wal, &mut model, Append { entries: &e, must_sync: true, ..Default::default() }).await;
+            wal.next_completion().await.unwrap();
+            let (h, data) = active(&fs);
+            let batches_here = i - h.first_index + 1;
+            if h.recycled && batches_here >= 3 && batches_here % 2 == 1 {
+                let next = BLOCK_BYTES * (1 + batches_here as usize);
+                assert!(data[next..next + BLOCK_BYTES].iter().any(|&b| b != 0), "older bytes follow the data");
+                break;
+            }
+        }
+        wal.close().await.unwrap();
+        let mut files = fs.files_in(&dir);
+        let r = recover_files(&dir, IDENT, u64::MAX, &files).unwrap();
+        assert_eq!(r.torn_tail, None, "B2: the older life's bytes are no tear");
+        assert!(model.matches(&r));
+        let (h, _) = active(&fs);
+        let name = format::segment_name(h.segment_seq);
+        let seg = &mut files.iter_mut().find(|f| f.0 == name).unwrap().1;
+        SegmentHeader { recycled: false, ..h }.encode(&mut seg[..BLOCK_BYTES]);
+        let r = recover_files(&dir, IDENT, u64::MAX, &files).unwrap();
+        assert!(r.torn_tail.is_some(), "without the flag the same bytes read as a torn tail");
+        assert!(model.matches(&r), "and nothing acknowledged is lost either way");
     });
 }
 

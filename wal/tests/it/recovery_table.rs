@@ -319,39 +319,72 @@ fn rows_b2_b3_e4_bytes_without_a_batch_header_after_the_data() {
     assert_eq!(r.torn_tail, None, "B2: a recycled file's older bytes are no tear");
     assert!(model.matches(&r));
     assert_eq!(r.tail.unwrap().offset as usize, end, "appending resumes right after the data");
-    // A batch of this segment's own, damaged, is still a torn tail in a recycled file.
-    let seg = file(&mut f, last);
-    let at = *batches(seg).last().unwrap();
-    seg[at + 100] ^= 0xFF;
+    // A batch of this segment's own with a damaged record, or a damaged header that
+    // still has its magic, is a torn tail in a recycled file too.
+    let at = *batches(file(&mut f, last)).last().unwrap();
+    for damage in [at + 100, at + 12] {
+        let mut g = f.clone();
+        file(&mut g, last)[damage] ^= 0xFF;
+        let r = recover(&g).unwrap();
+        assert_eq!(r.torn_tail.as_ref().map(|t| t.offset as usize), Some(at), "E4 in a recycled segment ({damage})");
+        assert_eq!(r.last_index(), model.last_index() - 1);
+    }
+    // Without its magic it reads as the older life's bytes: dropped alike, unreported.
+    file(&mut f, last)[at] ^= 0xFF;
     let r = recover(&f).unwrap();
-    assert_eq!(r.torn_tail.map(|t| t.offset as usize), Some(at), "E4 in a recycled segment");
+    assert_eq!((r.torn_tail.is_none(), r.last_index()), (true, model.last_index() - 1), "B2");
 }
 
-/// E6: damage at the end of the last segment while the next segment's first write had
-/// begun. That write waits for every earlier batch to be durable, so the damage hit
-/// durable data: refused, where without the begun activation it is a torn tail (E4).
+/// E6: the segment after the last one began its first write with batch `f` while the
+/// last one's data ends before batch `e < f`. That write is issued only once every batch
+/// before `f` is durable, so batches `e..f` were durable: refused, as E2 refuses a
+/// middle segment ending early. With `f = e` (or no readable first batch) the damage
+/// is a torn tail (E4), and the torn activation is removed.
 #[test]
-fn row_e6_damage_before_a_begun_activation() {
+fn row_e6_the_next_segment_began_past_the_end_of_the_data() {
     let (files, _) = base(false);
     let segs = segments(&files);
     let (last, spare) = (segs[segs.len() - 2], segs[segs.len() - 1]);
-    let mut f = files.clone();
-    let seg = file(&mut f, last);
+    let clean = recover(&files).unwrap();
+    let (end, next) = (clean.tail.unwrap().offset as usize, clean.next_batch_seq);
+    // The spare's first write torn: its batch `f` landed at the data offset, its header
+    // block did not (H4), or did in part (H5).
+    let begun = |files: &Files, f: u64, header_landed: bool| {
+        let mut g = files.clone();
+        let records = [RecordRef::Entry(&ent(clean.last_index() + 1, 2, 100))];
+        let mut buf = vec![0u8; format::batch_padded_bytes(&records)];
+        format::encode_batch(&mut buf, f, spare, &records, &mut Vec::new());
+        let seg = file(&mut g, spare);
+        seg[BLOCK_BYTES..BLOCK_BYTES + buf.len()].copy_from_slice(&buf);
+        if header_landed {
+            seg[..64].fill(0x5A);
+        }
+        g
+    };
+    // The last batch damaged, and the spare began with the batch after it.
+    let mut damaged = files.clone();
+    let seg = file(&mut damaged, last);
     let at = *batches(seg).last().unwrap();
     seg[at + 100] ^= 0xFF;
-    assert!(recover(&f).unwrap().torn_tail.is_some(), "E4 while the spare is untouched");
-    // H5: the spare's header block partly written.
-    let mut g = f.clone();
+    assert!(recover(&damaged).unwrap().torn_tail.is_some(), "E4 while the spare is untouched");
+    for header_landed in [false, true] {
+        expect_corruption(recover(&begun(&damaged, next, header_landed)), last, at as u64, "E6, damaged batch");
+    }
+    // Intact data, but the spare began one batch past its end: a durable batch is gone.
+    expect_corruption(recover(&begun(&files, next + 1, false)), last, end as u64, "E6, missing batch");
+    // Not E6: garbage after the intact data (a torn write of a batch that the next life
+    // wrote again elsewhere) and the spare beginning with exactly the next batch.
+    let mut g = files.clone();
+    file(&mut g, last)[end..end + BLOCK_BYTES].fill(0xA5);
+    let r = recover(&begun(&g, next, false)).unwrap();
+    assert_eq!(r.torn_tail.as_ref().map(|t| t.offset as usize), Some(end), "E4");
+    assert_eq!(r.last_index(), clean.last_index());
+    assert!(r.remove.contains(&spare), "H4: the torn activation is removed");
+    // Not E6: a damaged spare header with no readable first batch says nothing of `f`.
+    let mut g = damaged.clone();
     file(&mut g, spare)[..64].fill(0x5A);
-    expect_corruption(recover(&g), last, at as u64, "E6 with H5");
-    // H4 with the spare's own first batch at the data offset: its header block lost.
-    let mut g = f.clone();
-    let r = recover(&files).unwrap();
-    let records = [RecordRef::Entry(&ent(r.last_index() + 1, 2, 100))];
-    let mut buf = vec![0u8; format::batch_padded_bytes(&records)];
-    format::encode_batch(&mut buf, r.next_batch_seq, spare, &records, &mut Vec::new());
-    file(&mut g, spare)[BLOCK_BYTES..BLOCK_BYTES + buf.len()].copy_from_slice(&buf);
-    expect_corruption(recover(&g), last, at as u64, "E6 with H4");
+    let r = recover(&g).unwrap();
+    assert_eq!(r.torn_tail.map(|t| t.offset as usize), Some(at), "E4 next to an H5 without its batch");
 }
 
 #[test]
