@@ -820,11 +820,14 @@ impl<F: FileSystem + 'static> Wal<F> {
             eprintln!("skiff-wal: {t}");
         }
         let mut active = None;
-        if let Some(t) = rec.tail
-            && t.zero_to > t.offset
-        {
-            // Stale batches of this segment past the recovered end are zeroed durably
-            // before anything is appended, so none can ever line up after new data.
+        if let Some(t) = rec.tail {
+            // What recovery read back is the log from now on: the engine counts it as
+            // persisted, and a segment's first write is issued once everything before
+            // it is durable. But the last life may have died with writes that reached
+            // the device and were never flushed (an fdatasync not yet run, an O_DSYNC
+            // write cut short by a kill): flush them before anything relies on them.
+            // Stale batches of this segment past the recovered end are zeroed first,
+            // so none can ever line up after new data.
             let f = file_of(t.segment_seq);
             let path = dir.join(format::segment_name(t.segment_seq));
             let mut at = t.offset;

@@ -275,3 +275,32 @@ fn every_crash_state_recovers_every_acknowledged_append(sync: SyncMode) {
     assert!(second > 1000, "only {second} second-life crash states");
     eprintln!("crash states ({}): {states} first life, {second} second life", sync.name());
 }
+
+/// A process killed after a write reached the device but before any flush covered it
+/// (no power loss): the next open reads that batch back and from then on counts it as
+/// persisted (the engine's log, and a new segment's first write waits only for what
+/// the WAL believes durable). So open must flush it before returning: a power loss
+/// right after the open keeps everything the open recovered.
+#[test]
+fn what_open_recovers_survives_a_power_loss_right_after_it() {
+    for sync in [SyncMode::Dsync, SyncMode::Fdatasync] {
+        let (trace, _, _) = record_workload(sync, 7, None, 8);
+        // Every prefix that ends with a write: the process killed right after it.
+        let mut checked = 0;
+        for (w, _) in trace.iter().enumerate().filter(|(_, op)| matches!(op, TraceOp::Write { .. })) {
+            let killed = SimDisk::replay(&trace[..=w]);
+            let (recovered, after_power_loss) = run(async move {
+                let fs = SimFs::from_disk(killed);
+                let wal = Wal::open(fs.clone(), small_opts_sync(&sim_dir(), sync)).await.unwrap();
+                let last = skiff_engine::Storage::last_index(&wal.storage());
+                drop(wal);
+                let lost_power = fs.disk().crash(true, |_, _| WriteFate::Drop);
+                let files = lost_power.files_in(&sim_dir());
+                (last, recover_files(&sim_dir(), IDENT, u64::MAX, &files).map(|r| r.last_index()))
+            });
+            assert_eq!(after_power_loss.unwrap(), recovered, "{}: killed after trace op {w}", sync.name());
+            checked += 1;
+        }
+        assert!(checked > 8, "{checked} kill points");
+    }
+}
