@@ -275,8 +275,9 @@ fn parse_batch<'a>(dir: &Path, seq: u64, data: &'a [u8], off: usize) -> Result<B
     }
     let Some(header) = BatchHeader::decode(&data[off..]) else {
         if data[off..].starts_with(&format::BATCH_MAGIC) {
-            // A batch header with a bad checksum: a header of this segment gone bad
-            // (an older life's would still check), whatever the file's history.
+            // The batch magic with a bad header checksum: a header written in this
+            // segment's life, torn or gone bad (an older life's intact headers still
+            // check, and its batch bodies seldom start a block with the magic).
             return Ok(BatchParse::Damaged("batch header checksum mismatch".into()));
         }
         return Ok(BatchParse::Unreadable);
