@@ -182,19 +182,20 @@ fn fates(u: usize, rng: &mut SmallRng) -> Vec<Vec<WriteFate>> {
 }
 
 /// Walks every crash point of `trace` applied on top of `base`; `acked_floor` is the
-/// model index already durable before the trace. Calls `visit` for each crash state
-/// with the crashed disk and the index of the model it recovered to.
+/// model index already acknowledged before the trace. Calls `visit` for each crash
+/// state with the crashed disk and the index of the model it recovered to.
 fn enumerate(
     base: &SimDisk,
     trace: &[TraceOp],
     models: &[Model],
+    acked_floor: usize,
     seq_to_model: impl Fn(u64) -> usize,
     seed: u64,
     mut visit: impl FnMut(&SimDisk, usize),
 ) -> usize {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut disk = base.clone();
-    let mut acked = 0usize;
+    let mut acked = acked_floor;
     let mut states = 0;
     for p in 0..=trace.len() {
         if p > 0 {
@@ -254,6 +255,7 @@ fn every_crash_state_recovers_every_acknowledged_append(sync: SyncMode) {
         &SimDisk::default(),
         &trace,
         &models,
+        0,
         |seq| seq as usize,
         7,
         |disk, k| {
@@ -270,7 +272,7 @@ fn every_crash_state_recovers_every_acknowledged_append(sync: SyncMode) {
         let start = models[k].clone();
         let (trace2, models2, first2) = record_workload(sync, 1000 + i as u64, Some((disk.clone(), start)), 6);
         // Seq `first2 + j` is the (j + 1)-th append of the second life: models2[j + 1].
-        second += enumerate(&disk, &trace2, &models2, |seq| (seq - first2 + 1) as usize, i as u64, |_, _| {});
+        second += enumerate(&disk, &trace2, &models2, 0, |seq| (seq - first2 + 1) as usize, i as u64, |_, _| {});
     }
     assert!(second > 1000, "only {second} second-life crash states");
     eprintln!("crash states ({}): {states} first life, {second} second life", sync.name());
@@ -303,4 +305,53 @@ fn what_open_recovers_survives_a_power_loss_right_after_it() {
         }
         assert!(checked > 8, "{checked} kill points");
     }
+}
+
+/// Killed, not crashed: the first life's process dies after a sample of its trace's
+/// points, with writes that reached the device but no flush yet (they read back). The
+/// second life opens that disk, appends through rotations, and every crash point of it
+/// (its open included) must recover to a state at or after the last acknowledged append
+/// of either life. A crash before the open's flush may lose the first life's unflushed
+/// appends (never acknowledged); one after it may not, since from then on the WAL and
+/// the engine count them as persisted.
+#[test]
+fn every_crash_state_after_a_killed_life_recovers_every_acknowledged_append() {
+    let mut second = 0;
+    for sync in [SyncMode::Dsync, SyncMode::Fdatasync] {
+        let (trace, models, _) = record_workload(sync, 43, None, 90);
+        // The points that leave unflushed writes behind: the process killed there.
+        let mut points = Vec::new();
+        let mut disk = SimDisk::default();
+        for (p, op) in trace.iter().enumerate() {
+            disk.apply(op);
+            if disk.unsynced_writes(true) > 0 {
+                points.push(p);
+            }
+        }
+        let step = (points.len() / 10).max(1);
+        let mut kills = 0;
+        for &p in points.iter().step_by(step) {
+            let disk = SimDisk::replay(&trace[..=p]);
+            let acked = trace[..=p]
+                .iter()
+                .filter_map(|op| if let TraceOp::Note(seq) = op { Some(*seq as usize) } else { None })
+                .max()
+                .unwrap_or(0);
+            let seen = recover_files(&sim_dir(), IDENT, u64::MAX, &disk.files_in(&sim_dir()))
+                .unwrap_or_else(|e| panic!("{}: killed after op {p}: {e}", sync.name()));
+            let k = matching_model(&seen, &models, acked)
+                .unwrap_or_else(|| panic!("{}: killed after op {p}: no model matches", sync.name()));
+            let start = Some((disk.clone(), models[k].clone()));
+            let (trace2, models2, first2) = record_workload(sync, 2000 + p as u64, start, 24);
+            // Life one's states up to what the second life starts from, then the second
+            // life's (models2[0] is models[k]).
+            let all: Vec<Model> = models[..=k].iter().chain(&models2[1..]).cloned().collect();
+            let to_model = |seq: u64| k + (seq - first2 + 1) as usize;
+            second += enumerate(&disk, &trace2, &all, acked, to_model, p as u64, |_, _| {});
+            kills += 1;
+        }
+        assert!(kills >= 5, "{}: only {kills} kill points", sync.name());
+    }
+    assert!(second > 1000, "only {second} crash states after a kill");
+    eprintln!("crash states after a killed life: {second}");
 }
