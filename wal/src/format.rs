@@ -424,22 +424,21 @@ pub fn encode_batch(
         if len - 4 >= crate::crc::FOLD_BYTES_MIN {
             let crc = crate::crc::crc32c_append(seed, &out[at + 4..at + len]);
             out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-            at += len;
-            continue;
-        }
-        unsummed[n_unsummed] = (at, at + len);
-        n_unsummed += 1;
-        if n_unsummed == 3 {
-            let crcs = crate::crc::crc32c_append_x3(seed, unsummed.map(|(start, end)| &out[start + 4..end]));
-            for ((start, _), crc) in unsummed.into_iter().zip(crcs) {
-                out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        } else {
+            unsummed[n_unsummed] = (at, at + len);
+            n_unsummed += 1;
+            if n_unsummed == 3 {
+                let crcs = crate::crc::crc32c_append_x3(seed, unsummed.map(|(start, end)| &out[start + 4..end]));
+                for ((start, _), crc) in unsummed.into_iter().zip(crcs) {
+                    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+                }
+                n_unsummed = 0;
             }
-            n_unsummed = 0;
         }
         at += len;
     }
     for &(start, end) in &unsummed[..n_unsummed] {
-        let crc = crc32c::crc32c_append(seed, &out[start + 4..end]);
+        let crc = crate::crc::crc32c_append(seed, &out[start + 4..end]);
         out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     }
     out[at..].fill(0);

@@ -477,8 +477,7 @@ impl Replay {
     /// spare whole; otherwise `true`: read it whole for [`Replay::torn_activation`].
     pub fn torn_activation_needs_data(&mut self, plan: &Plan, first_data_block: &[u8]) -> bool {
         let Some(seq) = plan.torn_activation else { return false };
-        let header = if plan.torn_activation_zeroed { HeaderRead::Spare } else { HeaderRead::Invalid };
-        if torn_activation_needs_scan(&header, seq, first_data_block) {
+        if torn_activation_needs_scan(plan.torn_activation_zeroed, seq, first_data_block) {
             return true;
         }
         self.out.remove.push(seq);
@@ -606,18 +605,16 @@ impl Replay {
     }
 }
 
-/// Whether the segment after the last active one ([`Plan::torn_activation`], with
-/// header `header`) must be read whole for row H5x, judged from its first data block.
+/// Whether the segment after the last active one ([`Plan::torn_activation`]; its
+/// header all zero or damaged, [`Plan::torn_activation_zeroed`]) must be read whole for
+/// row H5x, judged from its first data block.
 /// A damaged header: always. A zeroed one (a spare, on every clean start): only when
 /// the first data block holds a batch of this segment. A batch `>= e + 8` can be intact
 /// only if the segment's first write was durable, and that write carries both the
 /// header and the batch at the data offset; a spare — zero-filled, or recycled with
 /// the batches of an older segment seq — holds none.
-pub fn torn_activation_needs_scan(header: &HeaderRead, seq: u64, first_data_block: &[u8]) -> bool {
-    match header {
-        HeaderRead::Spare => BatchHeader::decode(first_data_block).is_some_and(|h| h.segment_seq == seq),
-        _ => true,
-    }
+pub fn torn_activation_needs_scan(zeroed_header: bool, seq: u64, first_data_block: &[u8]) -> bool {
+    !zeroed_header || BatchHeader::decode(first_data_block).is_some_and(|h| h.segment_seq == seq)
 }
 
 /// Looks past the end of the last segment's data (rows E3, H5x) and returns how far
@@ -780,10 +777,10 @@ mod tests {
             buf
         };
         let zero = vec![0u8; BLOCK_BYTES];
-        assert!(!torn_activation_needs_scan(&HeaderRead::Spare, 7, &zero), "a zero-filled spare");
-        assert!(!torn_activation_needs_scan(&HeaderRead::Spare, 7, &batch(3)), "a recycled spare");
-        assert!(torn_activation_needs_scan(&HeaderRead::Spare, 7, &batch(7)), "a zeroed header on written data");
-        assert!(torn_activation_needs_scan(&HeaderRead::Invalid, 7, &zero), "a damaged header");
+        assert!(!torn_activation_needs_scan(true, 7, &zero), "a zero-filled spare");
+        assert!(!torn_activation_needs_scan(true, 7, &batch(3)), "a recycled spare");
+        assert!(torn_activation_needs_scan(true, 7, &batch(7)), "a zeroed header on written data");
+        assert!(torn_activation_needs_scan(false, 7, &zero), "a damaged header");
     }
 
     #[test]
