@@ -102,6 +102,20 @@ fn live_end(data: &[u8], seg_seq: u64, first_batch: u64) -> (u64, u64) {
     (off as u64, expect)
 }
 
+/// An intact batch header (docs/wal-format.md): magic, CRC32C of bytes 8..32, batch
+/// seq, segment seq, body length, record count.
+fn batch_header(batch_seq: u64, segment_seq: u64, body_bytes: usize, records: u32) -> [u8; BATCH_HEADER_BYTES] {
+    let mut h = [0u8; BATCH_HEADER_BYTES];
+    h[..4].copy_from_slice(BATCH_MAGIC);
+    h[8..16].copy_from_slice(&batch_seq.to_le_bytes());
+    h[16..24].copy_from_slice(&segment_seq.to_le_bytes());
+    h[24..28].copy_from_slice(&(body_bytes as u32).to_le_bytes());
+    h[28..32].copy_from_slice(&records.to_le_bytes());
+    let crc = crc32c::crc32c(&h[8..32]);
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
 /// Damages the tail of shard 0's WAL under `data_dir` (the node must be stopped).
 ///
 /// # Errors
@@ -122,14 +136,8 @@ pub fn damage_tail(data_dir: &Path, rng: &mut Rng) -> Result<TailDamage, TailErr
         for b in region.iter_mut() {
             *b = rng.next_u64() as u8;
         }
-        let h = &mut region[..BATCH_HEADER_BYTES];
-        h[..4].copy_from_slice(BATCH_MAGIC);
-        h[8..16].copy_from_slice(&next_batch.to_le_bytes());
-        h[16..24].copy_from_slice(&seg_seq.to_le_bytes());
-        h[24..28].copy_from_slice(&((len as usize - BATCH_HEADER_BYTES) as u32).to_le_bytes());
-        h[28..32].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32c::crc32c(&h[8..32]);
-        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        let body = len as usize - BATCH_HEADER_BYTES;
+        region[..BATCH_HEADER_BYTES].copy_from_slice(&batch_header(next_batch, seg_seq, body, 1));
         "torn batch (recycled segment)"
     } else if rng.chance(500) {
         for b in region.iter_mut() {
@@ -157,13 +165,7 @@ mod tests {
     use super::*;
 
     fn batch(seq: u64, seg: u64, body: usize) -> Vec<u8> {
-        let mut h = vec![0u8; BATCH_HEADER_BYTES];
-        h[..4].copy_from_slice(BATCH_MAGIC);
-        h[8..16].copy_from_slice(&seq.to_le_bytes());
-        h[16..24].copy_from_slice(&seg.to_le_bytes());
-        h[24..28].copy_from_slice(&(body as u32).to_le_bytes());
-        let crc = crc32c::crc32c(&h[8..32]);
-        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut h = batch_header(seq, seg, body, 0).to_vec();
         h.extend(std::iter::repeat_n(7u8, body));
         h.resize(h.len().div_ceil(4096) * 4096, 0);
         h
