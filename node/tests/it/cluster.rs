@@ -239,6 +239,11 @@ impl Cluster {
         }
     }
 
+    /// A node other than `leader` (the lowest id).
+    pub fn follower(&self, leader: u64) -> u64 {
+        self.nodes.iter().map(|n| n.id).find(|&id| id != leader).expect("a follower")
+    }
+
     /// Whether node `id`'s process is running (as far as this harness started it).
     pub fn running(&mut self, id: u64) -> bool {
         let n = &mut self.nodes[(id - 1) as usize];

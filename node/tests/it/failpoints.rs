@@ -261,7 +261,7 @@ fn writes_survive_message_loss_and_delay() {
 fn a_read_whose_read_index_was_lost_is_asked_again() {
     let c = Cluster::start(3, &[]);
     let leader = c.leader(ELECTION);
-    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let follower = c.follower(leader);
     let mut w = c.client(leader);
     assert_eq!(write_until_ok(&mut w, &["SET", "lost", "found"], ELECTION), ok());
     // Let the follower apply it, so that only the read index is in question.

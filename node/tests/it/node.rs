@@ -340,7 +340,7 @@ fn bad_client_input_is_refused_while_other_clients_are_served() {
     // A pipeline takes effect in the order it was sent, on the leader and on a
     // follower (which relays its writes and reads): each GET reads the SET before it,
     // never the one after it.
-    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let follower = c.follower(leader);
     for node in [leader, follower] {
         let mut p = c.client(node);
         let key = format!("order-{node}");
@@ -367,7 +367,7 @@ fn bad_client_input_is_refused_while_other_clients_are_served() {
 fn a_burst_of_pipelined_reads_on_a_follower_is_served_promptly() {
     let c = Cluster::start(3, &[]);
     let leader = c.leader(ELECTION);
-    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let follower = c.follower(leader);
     let mut w = c.client(leader);
     assert_eq!(write_until_ok(&mut w, &["SET", "burst", "x"], ELECTION), ok());
     let mut batch = bytes::BytesMut::new();
